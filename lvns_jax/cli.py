@@ -6,6 +6,7 @@ User errors (:class:`lvns_jax.errors.LvnsError`) are printed as one line, withou
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lvns_jax.errors import LvnsError
@@ -26,9 +27,48 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import time
+
+    from lvns_jax import config as config_lib
+    from lvns_jax import runner
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    items = list(args.items)
+    path = None
+    if items and "=" not in items[0]:
+        path = items.pop(0)
+    for item in items:
+        if "=" not in item:
+            raise LvnsError(f"expected key=value after the config file, got {item!r}")
+    if args.resume:
+        if path:
+            raise LvnsError("--resume takes the config saved in the run directory; do not give a config file")
+        cfg = runner.resume_config(args.resume, config_lib.parse_overrides(items))
+        out = args.resume
+    else:
+        cfg = config_lib.load(path, items)
+        name = os.path.splitext(os.path.basename(path))[0] if path else "default"
+        out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"lvns: run directory {out}", file=sys.stderr)
+    runner.run(cfg, out, resume=bool(args.resume))
+    print(f"lvns: done. TensorBoard: tensorboard --logdir {os.path.join(out, 'tb')}   "
+          f"audio: {os.path.join(out, 'audio')}   metrics: {os.path.join(out, 'metrics.jsonl')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvns", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a latent vector novelty search")
+    r.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
+                   help="a TOML config (or an original LVNS-RAVE .gin), then key=value overrides")
+    r.add_argument("--out", default=None, help="run directory (default runs/NAME-TIME)")
+    r.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth weights to Flax (needs torch)")
     c.add_argument("model", choices=["rave", "vggish"])
@@ -44,11 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LvnsError as e:
+        if type(e).__name__ == "Interrupted":
+            print(f"lvns: {e}", file=sys.stderr)
+            return 130
         print(f"lvns: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lvns: interrupted", file=sys.stderr)
         return 130
+    except (OSError, ValueError) as e:  # e.g. unreadable files: one line, no traceback
+        if os.environ.get("LVNS_DEBUG"):
+            raise
+        print(f"lvns: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

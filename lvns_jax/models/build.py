@@ -1,0 +1,53 @@
+"""Build the engine's :class:`~lvns_jax.models.Models` from the ``rave`` / ``vggish`` config keys."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from lvns_jax.config import Config
+from lvns_jax.errors import ConfigError
+from lvns_jax.models import Models, toy
+
+log = logging.getLogger("lvns_jax")
+
+
+def _decoder(cfg: Config):
+    """(params, decode(params, z, key), sample_rate, hop, latent_size, description, trained)."""
+    if cfg.rave == "toy":
+        params = toy.decoder_params(cfg.latent_channels)
+        fn = functools.partial(toy.decode, noise=cfg.noise)
+        return params, fn, toy.TOY_SAMPLE_RATE, toy.TOY_HOP, cfg.latent_channels, \
+            "TOY decoder (not RAVE, for tests)", False
+    from lvns_jax import rave
+
+    if cfg.rave.startswith("untrained:"):
+        model = rave.untrained(cfg.rave.split(":", 1)[1], seed=0)
+    else:
+        model = rave.load(cfg.rave)
+    return (model.params, model.pure_decode(noise=cfg.noise), model.sample_rate, model.hop,
+            model.latent_size, model.description, model.trained)
+
+
+def _embedder(cfg: Config, sample_rate: int):
+    if cfg.vggish == "toy":
+        return toy.embedder_params(), toy.embed, "TOY embedder (not VGGish, for tests)", False
+    from lvns_jax import vggish
+
+    model = vggish.untrained(seed=0) if cfg.vggish == "untrained" else vggish.load(cfg.vggish)
+    return model.params, model.pure_embed(sample_rate), model.description, model.trained
+
+
+def build_models(cfg: Config) -> Models:
+    dparams, decode, sr, hop, latent_size, ddesc, dtrained = _decoder(cfg)
+    if latent_size != cfg.latent_channels:
+        raise ConfigError(f"latent_channels: the RAVE model {cfg.rave!r} takes {latent_size} latent "
+                          f"channels, the config says {cfg.latent_channels}")
+    eparams, embed, edesc, etrained = _embedder(cfg, sr)
+    models = Models(decoder_params=dparams, embedder_params=eparams, decode=decode, embed=embed,
+                    sample_rate=sr, hop=hop, latent_channels=latent_size, description=(ddesc, edesc),
+                    trained=dtrained and etrained)
+    for desc, trained in ((ddesc, dtrained), (edesc, etrained)):
+        if not trained:
+            log.warning("%s: untrained weights, the sounds and novelty scores are NOT meaningful", desc)
+    return models
