@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 from lvns_jax.config import Config
@@ -16,7 +15,7 @@ def _decoder(cfg: Config):
     """(params, decode(params, z, key), sample_rate, hop, latent_size, description, trained)."""
     if cfg.rave == "toy":
         params = toy.decoder_params(cfg.latent_channels)
-        fn = functools.partial(toy.decode, noise=cfg.noise)
+        fn = toy.decode_noisy if cfg.noise else toy.decode
         return params, fn, toy.TOY_SAMPLE_RATE, toy.TOY_HOP, cfg.latent_channels, \
             "TOY decoder (not RAVE, for tests)", False
     from lvns_jax import rave

@@ -31,6 +31,10 @@ def decode(params: dict, z: jax.Array, key: jax.Array, noise: bool = False) -> j
     return audio
 
 
+def decode_noisy(params: dict, z: jax.Array, key: jax.Array) -> jax.Array:
+    return decode(params, z, key, noise=True)
+
+
 def embedder_params(dim: int = TOY_DIM, seed: int = 1) -> dict:
     return {"w": jax.random.normal(jax.random.key(seed), (_FRAME, dim)) / jnp.sqrt(_FRAME)}
 
