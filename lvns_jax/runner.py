@@ -49,6 +49,19 @@ def next_stop(gen: int, cfg: config_lib.Config) -> int:
     return min(s for s in stops if s > gen)
 
 
+def tb_tag(metric: str) -> str:
+    """TensorBoard tag of a per-generation metric (every metric the step returns is logged)."""
+    if metric.startswith("sparseness_"):
+        return f"container/{metric}"
+    if metric.startswith("children_"):
+        return f"children/{metric[len('children_'):]}"
+    if metric in ("new_survivors", "invalid_children"):
+        return f"selection/{metric}"
+    if metric in ("individuals_per_second", "step_seconds"):
+        return f"perf/{metric}"
+    return f"search/{metric}"
+
+
 def _template(cfg: config_lib.Config, models: Models) -> search.SearchState:
     n, c, t = cfg.container_size, cfg.latent_channels, cfg.latent_frames
     d = models.embedding_dim(t)
@@ -215,14 +228,8 @@ def _run(cfg, out_dir, resume, models, stop_after):
                     metrics_file.write(rec)
                     g = rec["generation"]
                     for k, v in rec.items():
-                        if k.startswith("sparseness_"):
-                            tb.scalar(f"container/{k}", v, g)
-                        elif k.startswith("children_"):
-                            tb.scalar(f"children/{k[len('children_'):]}", v, g)
-                        elif k in ("new_survivors", "invalid_children"):
-                            tb.scalar(f"selection/{k}", v, g)
-                        elif k in ("individuals_per_second", "step_seconds"):
-                            tb.scalar(f"perf/{k}", v, g)
+                        if k != "generation":
+                            tb.scalar(tb_tag(k), v, g)
                 host_outputs(state, gen)
                 if (cfg.checkpoint_every and gen % cfg.checkpoint_every == 0) or gen >= cfg.generations:
                     ckpts.save(state)
