@@ -181,6 +181,7 @@ def _release(sha: str) -> str | None:
 def convert(source_path: str | os.PathLike, out_dir: str | os.PathLike, pca: str | os.PathLike | None = None) -> dict:
     """Convert torchvggish weights (and optionally PCA params) into ``out_dir``; returns the meta."""
     source_path = os.fspath(source_path)
+    pca_file = read_pca(os.fspath(pca)) if pca is not None else None  # cheap checks first
     params, pca_params = read_state_dict(source_path)
     sha = sha256_of(source_path)
     meta: dict = {
@@ -197,7 +198,7 @@ def convert(source_path: str | os.PathLike, out_dir: str | os.PathLike, pca: str
         meta["release"] = _release(sha)
     if pca is not None:
         pca = os.fspath(pca)
-        pca_params = read_pca(pca)
+        pca_params = pca_file
         meta["pca_source"] = os.path.abspath(pca)
         meta["pca_sha256"] = sha256_of(pca)
         if _release(meta["pca_sha256"]):

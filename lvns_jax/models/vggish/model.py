@@ -101,6 +101,18 @@ class VGGishModel:
 
         return f
 
+    def pure_embed(self, sample_rate: int, postprocess: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
+        """A pure ``f(params, audio (B, S)) -> (B, 128)`` for use inside ``jit`` with
+        ``self.params`` passed as an argument (compile time does not grow with model size).
+        With ``postprocess`` the (small) PCA parameters are closed over."""
+        sample_rate = frontend._check_rate(sample_rate)
+        pca = self._pca(postprocess)
+
+        def f(params, audio):
+            return embed(params, audio, sample_rate, pca=pca)
+
+        return f
+
     def num_examples(self, num_samples: int, sample_rate: int) -> int:
         return frontend.num_examples(num_samples, sample_rate)
 
