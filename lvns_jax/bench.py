@@ -1,0 +1,302 @@
+"""``lvns bench``: time the jitted generation step, stage by stage, against the original algorithm.
+
+What is measured, for each size (each size runs in its own subprocess, so that its peak memory
+is its own):
+
+* the five stages of :func:`lvns_jax.search.step` jitted on their own — ``breed``, ``decode``
+  (children, in ``chunk_size`` batches), ``embed``, ``sparseness`` (over container + children),
+  ``select`` — and the whole ``step``: median seconds over ``repeats`` calls after a warm-up
+  call, compile time (first call minus the median), individuals per second (children evaluated
+  per second, the work a generation adds), and the process' peak resident memory;
+* optionally the ORIGINAL LVNS-RAVE loop (``experiments/baselines/original_lvns.py``, run with a
+  Python that has torch + torchvggish, e.g. the reference venv) on the very same weights: the
+  ``.ts`` export and the torchvggish state dict, which are converted for our side. The ratio
+  printed is the original's seconds per generation over ours.
+
+The container's initial embeddings are random in the benchmark (``synthetic init``): the cost of a
+generation does not depend on their values, and it spares decoding the whole container at the
+large scaling sizes. Everything here is a measurement; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+SIZES = {
+    # name: (container, breed, k)
+    "small": (50, 30, 30),
+    "vctk": (500, 100, 50),
+}
+STAGES = ("breed", "decode", "embed", "sparseness", "select", "step")
+
+
+def _time(fn: Callable, *args, repeats: int) -> tuple[float, float]:
+    """(first call seconds, median of ``repeats`` later calls)."""
+    import jax
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def _chunk_map(fn: Callable, x, key, chunk: int):
+    """``fn(x_chunk, key_i)`` over chunks of the leading axis (as :func:`lvns_jax.search.evaluate`)."""
+    import jax
+    import jax.numpy as jnp
+
+    b = x.shape[0]
+    c = min(chunk, b)
+    n = -(-b // c)
+    xs = jnp.pad(x, ((0, n * c - b),) + ((0, 0),) * (x.ndim - 1)).reshape(n, c, *x.shape[1:])
+    out = jax.lax.map(lambda a: fn(a[1], jax.random.fold_in(key, a[0])), (jnp.arange(n), xs))
+    return out.reshape(n * c, *out.shape[2:])[:b]
+
+
+def synthetic_state(cfg, models):
+    """A search state with a random container and random embeddings (no decoding)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lvns_jax import container as container_lib
+    from lvns_jax.search import SearchState
+
+    key = jax.random.key(cfg.seed)
+    k1, k2, k3 = jax.random.split(key, 3)
+    n = cfg.container_size
+    latents = container_lib.init_container(k1, "uniform", n, cfg.latent_channels, cfg.latent_frames, "", 0)
+    d = models.embedding_dim(cfg.latent_frames)
+    emb = jax.random.normal(k2, (n, d), jnp.float32)
+    return SearchState(key=k3, generation=jnp.int32(0), latents=latents, embeddings=emb,
+                       sparseness=jnp.zeros((n,), jnp.float32), born=jnp.zeros((n,), jnp.int32),
+                       invalid_total=jnp.int32(0), models=models, config=cfg)
+
+
+def measure(cfg, repeats: int = 3) -> dict[str, Any]:
+    """Per-stage and whole-step timings of one configuration (in this process)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lvns_jax import novelty, operators, search, selection
+    from lvns_jax.models.build import build_models
+
+    t0 = time.perf_counter()
+    models = build_models(cfg)
+    load_s = time.perf_counter() - t0
+    state = synthetic_state(cfg, models)
+    n, b = cfg.container_size, cfg.breed_size
+    key = jax.random.key(1)
+
+    breed = jax.jit(lambda k, lat: operators.breed(
+        k, lat, b, crossover_mode=cfg.crossover, mutation=cfg.mutation, distribution=cfg.mutation_distribution,
+        scale=cfg.mutation_scale, mutate_last_frame=cfg.mutate_last_frame)[0])
+    decode = jax.jit(lambda m, z, k: _chunk_map(lambda zc, kc: m.decode(m.decoder_params, zc, kc), z, k, cfg.chunk_size))
+    embed = jax.jit(lambda m, a, k: _chunk_map(lambda ac, _: m.embed(m.embedder_params, ac), a, k, cfg.chunk_size))
+    sparse = jax.jit(lambda e: novelty.sparseness(e, cfg.k, cfg.sparseness_rule, cfg.knn_chunk or None))
+    select = jax.jit(lambda k, s: selection.select(cfg.selection, k, s, n))
+
+    out: dict[str, Any] = {"config": {"container_size": n, "breed_size": b, "k": cfg.k, "rave": cfg.rave,
+                                      "vggish": cfg.vggish, "latent": [cfg.latent_channels, cfg.latent_frames],
+                                      "chunk_size": cfg.chunk_size, "rule": cfg.sparseness_rule,
+                                      "reevaluate_container": cfg.reevaluate_container},
+                           "models": list(models.description), "trained": models.trained,
+                           "device": str(jax.devices()[0]), "device_count": jax.device_count(),
+                           "load_s": load_s, "stages": {}}
+
+    def record(name, first, med):
+        out["stages"][name] = {"seconds": med, "compile_s": max(first - med, 0.0)}
+
+    children = breed(key, state.latents)
+    record("breed", *_time(breed, key, state.latents, repeats=repeats))
+    audio = decode(models, children, key)
+    record("decode", *_time(decode, models, children, key, repeats=repeats))
+    record("embed", *_time(embed, models, audio, key, repeats=repeats))
+    pool = jnp.concatenate([state.embeddings, embed(models, audio, key)])
+    record("sparseness", *_time(sparse, pool, repeats=repeats))
+    sp = sparse(pool)
+    record("select", *_time(select, key, sp, repeats=repeats))
+    del audio
+
+    first_s = time.perf_counter()
+    s1, _ = search.step(state)
+    jax.block_until_ready(s1)
+    first = time.perf_counter() - first_s
+    times, s = [], s1
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        s, _ = search.step(s)
+        jax.block_until_ready(s)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    record("step", first, med)
+    out["generation_s"] = med
+    out["individuals_per_s"] = b / med
+    out["stage_sum_s"] = sum(out["stages"][k]["seconds"] for k in STAGES[:-1])
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _run_one_subprocess(overrides: dict[str, Any], repeats: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "lvns_jax.bench", "--one", json.dumps(overrides), "--repeats", str(repeats)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        tail = (r.stderr or "").strip().splitlines()[-5:]
+        return {"error": f"exit {r.returncode}: " + " | ".join(tail), "config": overrides}
+    return json.loads(lines[-1])
+
+
+def run_baseline(python: str, ts: str, vggish_pth: str, container: int, breed: int, k: int, frames: int,
+                 generations: int) -> dict[str, Any]:
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "baselines", "original_lvns.py")
+    cmd = [python, script, "--ts", ts, "--vggish", vggish_pth, "--container", str(container), "--breed",
+           str(breed), "--k", str(k), "--frames", str(frames), "--generations", str(generations)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        tail = (r.stderr or "").strip().splitlines()[-5:]
+        return {"error": f"exit {r.returncode}: " + " | ".join(tail)}
+    res = json.loads(lines[-1])
+    res["seconds_per_generation"] = statistics.median(res["generation_s"])
+    return res
+
+
+def _convert_for_us(ts: str | None, vggish_pth: str | None, tmp: str) -> dict[str, str]:
+    """Convert the baseline's weights so both sides run the same ones."""
+    over: dict[str, str] = {}
+    if ts:
+        from lvns_jax.models.rave.convert import convert
+
+        convert(ts, os.path.join(tmp, "rave"))
+        over["rave"] = os.path.join(tmp, "rave")
+    if vggish_pth:
+        from lvns_jax.models.vggish.convert import convert as vconvert
+
+        vconvert(vggish_pth, os.path.join(tmp, "vggish"))
+        over["vggish"] = os.path.join(tmp, "vggish")
+    return over
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (f"{'size':>12} {'N':>6} {'B':>6} {'k':>4} {'latent':>7} | " +
+            " ".join(f"{s:>10}" for s in STAGES) + f" | {'ind/s':>8} {'compile':>8} {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r.get('name', '?'):>12} ERROR {r['error']}")
+            continue
+        c = r["config"]
+        st = r["stages"]
+        lines.append(
+            f"{r.get('name', ''):>12} {c['container_size']:>6} {c['breed_size']:>6} {c['k']:>4} "
+            f"{c['latent'][0]}x{c['latent'][1]:<5} | " + " ".join(f"{st[s]['seconds']:>10.4f}" for s in STAGES) +
+            f" | {r['individuals_per_s']:>8.2f} {st['step']['compile_s']:>8.1f} {r['peak_rss_mb']:>8.0f}")
+    lines.append("(stage columns: median seconds per generation; ind/s = children evaluated per second by the "
+                 "whole jitted step; compile = first step call minus median)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lvns_jax import config as config_lib
+    from lvns_jax.errors import LvnsError
+
+    p = argparse.ArgumentParser(prog="lvns bench", description=__doc__.splitlines()[0])
+    p.add_argument("items", nargs="*", metavar="key=value", help="config overrides for every size")
+    p.add_argument("--sizes", default="small,vctk", help="comma list of small, vctk (default both)")
+    p.add_argument("--scaling", default="", help="comma list of container sizes for the scaling table "
+                   "(breed = 20%% of the container), e.g. 50,500,5000,50000")
+    p.add_argument("--scaling-frames", type=int, default=0,
+                   help="latent frames T for the scaling table (default: the config's; small T when decode dominates)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline", action="store_true", help="also time the original algorithm (needs --ref-python)")
+    p.add_argument("--ref-python", default=os.environ.get("LVNS_REF_PYTHON", ""),
+                   help="Python with torch + torchvggish for the baseline (env LVNS_REF_PYTHON)")
+    p.add_argument("--rave-ts", default="", help="RAVE .ts export: the baseline decodes with it, we with its conversion")
+    p.add_argument("--vggish-pth", default="", help="torchvggish state dict, used by both sides likewise")
+    p.add_argument("--baseline-generations", type=int, default=1)
+    p.add_argument("--baseline-sizes", default="", help="sizes the baseline runs at (default: all of --sizes)")
+    p.add_argument("--json", default="", help="write all results to this JSON file")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.one:  # child process: one configuration
+        cfg = config_lib.from_dict({**json.loads(a.one), "progress": False})
+        print(json.dumps(measure(cfg, a.repeats)), flush=True)
+        return 0
+
+    base = config_lib.parse_overrides(a.items)
+    config_lib.from_dict(base)  # fail early on bad keys
+    if a.baseline and not (a.ref_python and a.rave_ts and a.vggish_pth):
+        raise LvnsError("--baseline needs --ref-python, --rave-ts and --vggish-pth "
+                        "(see experiments/README.md: make them with experiments/baselines/make_weights.py)")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = {**base, **_convert_for_us(a.rave_ts or None, a.vggish_pth or None, tmp)}
+        jobs = []
+        for name in [s for s in a.sizes.split(",") if s]:
+            if name not in SIZES:
+                raise LvnsError(f"--sizes: unknown size {name!r}; allowed: {', '.join(SIZES)}")
+            n, b, k = SIZES[name]
+            jobs.append((name, {**base, "container_size": n, "breed_size": b, "k": k}))
+        for n in [int(s) for s in a.scaling.split(",") if s]:
+            b = max(1, n // 5)
+            over = {**base, "container_size": n, "breed_size": b, "k": min(base.get("k", 30), n + b - 1)}
+            if a.scaling_frames:
+                over["latent_frames"] = a.scaling_frames
+            jobs.append((f"scale-{n}", over))
+        for name, over in jobs:
+            print(f"lvns bench: {name} ...", file=sys.stderr, flush=True)
+            r = _run_one_subprocess(over, a.repeats)
+            r["name"] = name
+            results.append(r)
+        baselines = {}
+        if a.baseline:
+            wanted = [s for s in (a.baseline_sizes or a.sizes).split(",") if s]
+            for name in wanted:
+                n, b, k = SIZES[name]
+                ours = next(r for r in results if r.get("name") == name)
+                frames = ours.get("config", {}).get("latent", [8, 64])[1]
+                print(f"lvns bench: original algorithm at {name} ({a.baseline_generations} generation(s)) ...",
+                      file=sys.stderr, flush=True)
+                bl = run_baseline(a.ref_python, a.rave_ts, a.vggish_pth, n, b, k, frames, a.baseline_generations)
+                if "error" not in bl and "error" not in ours:
+                    bl["speedup"] = bl["seconds_per_generation"] / ours["generation_s"]
+                baselines[name] = bl
+    print(table(results))
+    for name, bl in baselines.items():
+        if "error" in bl:
+            print(f"baseline {name}: ERROR {bl['error']}")
+        else:
+            ours = next(r for r in results if r.get("name") == name)
+            print(f"baseline {name}: original loop {bl['seconds_per_generation']:.2f} s/generation "
+                  f"(decode {bl.get('decode_s', float('nan')):.1f} s, embed {bl.get('embed_s', float('nan')):.1f} s, "
+                  f"kNN {bl.get('knn_s', float('nan')):.2f} s), lvns-jax {ours['generation_s']:.3f} s/generation "
+                  f"-> speed-up {bl['speedup']:.1f}x")
+    if any(not r.get("trained", True) for r in results if "error" not in r):
+        print("note: UNTRAINED models (random init): timings are real, the sounds are not meaningful.")
+    doc = {"results": results, "baseline": baselines, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"lvns bench: wrote {a.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
