@@ -59,6 +59,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import logging
+
+    from lvns_jax import encode
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    result = encode.encode_folder(args.audio_dir, args.rave, frames=args.frames, offset=args.offset,
+                                  seed=args.seed, sample_rate=args.sample_rate, progress=not args.no_progress)
+    encode.save_npz(args.out, result)
+    print(encode.summary(result, args.out, args.rave))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvns", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory, e.g. weights/vggish")
     c.add_argument("--pca", default=None, help="torchvggish PCA parameters (.pth), vggish only")
     c.set_defaults(func=_cmd_convert)
+
+    e = sub.add_parser("encode", help="encode a folder of audio with a RAVE .ts into latents for init=dataset "
+                                      "(needs torch)")
+    e.add_argument("audio_dir", help="folder of .wav/.flac/.ogg files (searched recursively)")
+    e.add_argument("--rave", required=True, metavar="MODEL.ts", help="the RAVE TorchScript export that encodes")
+    e.add_argument("--out", required=True, help="latents.npz (or .h5 for the original LVNS-RAVE layout)")
+    e.add_argument("--frames", type=int, default=0, metavar="T",
+                   help="fit every clip to T frames (truncate / zero-pad); default: keep each clip's length")
+    e.add_argument("--offset", type=int, default=0, metavar="F", help="drop the first F frames of every clip")
+    e.add_argument("--seed", type=int, default=0, help="torch seed (RAVE's encoder samples its posterior)")
+    e.add_argument("--sample-rate", type=int, default=None, help="the model's rate, if the export does not say")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_encode)
     return p
 
 

@@ -43,7 +43,7 @@ class Config:
     latent_channels: int = 8  # C: user-facing latent size of the RAVE model
     latent_frames: int = 64  # T: latent frames per individual (audio = T * hop samples)
     init: str = "uniform"  # uniform = U[-1,1) (the original's "random"), normal = N(0,1), dataset
-    dataset_path: str = ""  # .npy/.npz of encoded latents (M, C, T'), for init = "dataset"
+    dataset_path: str = ""  # init = "dataset": .npz of `lvns encode`, .npy (M, C, T'), or the original's .h5
     dataset_offset: int = 0  # first latent frame taken from each dataset item
     # --- variation ---
     crossover: str = "shared"  # shared: one point per generation (original); per_child
@@ -164,7 +164,7 @@ def validate(cfg: Config) -> Config:
         need(cfg.breed_size == cfg.container_size, "breed_size",
              "selection = replace needs breed_size == container_size")
     if cfg.init == "dataset":
-        need(bool(cfg.dataset_path), "dataset_path", "init = dataset needs a latent file (.npy/.npz)")
+        need(bool(cfg.dataset_path), "dataset_path", "init = dataset needs a latent file (.npz/.npy/.h5)")
         need(os.path.isfile(cfg.dataset_path), "dataset_path", "file not found")
     if not _is_builtin(cfg.rave, BUILTIN_RAVE) and not os.path.isdir(cfg.rave):
         if cfg.rave.endswith(".ts") and os.path.isfile(cfg.rave):

@@ -39,6 +39,12 @@ def _embedder(cfg: Config, sample_rate: int):
 
 def build_models(cfg: Config) -> Models:
     dparams, decode, sr, hop, latent_size, ddesc, dtrained = _decoder(cfg)
+    if cfg.init == "dataset":  # latents must be decoded by the model that encoded them
+        from lvns_jax.container import dataset_model_warning
+
+        mismatch = dataset_model_warning(cfg.dataset_path, cfg.rave)
+        if mismatch:
+            log.warning("%s", mismatch)
     if latent_size != cfg.latent_channels:
         raise ConfigError(f"latent_channels: the RAVE model {cfg.rave!r} takes {latent_size} latent "
                           f"channels, the config says {cfg.latent_channels}")
