@@ -5,6 +5,10 @@
     f = model.embed_fn(sample_rate)                     # pure f(audio) for use inside jit
     g = model.pure_embed(sample_rate)                   # pure g(params, audio): params as jit args
     emb = lvns_jax.vggish.embed(model.params, audio, sample_rate)   # params as an argument
+
+Clips with no complete 0.96 s example (< 15600 samples after resampling to 16 kHz) embed to
+all-NaN rows (torchvggish fails on them). ``untrained(seed)`` models say UNTRAINED in their
+``description`` and have ``trained == False``.
 """
 
 from lvns_jax.models.vggish import (
@@ -12,8 +16,10 @@ from lvns_jax.models.vggish import (
     VGGish,
     VGGishModel,
     embed,
+    embed_examples,
     load,
     num_examples,
+    postprocess,
     untrained,
     waveform_to_examples,
 )
@@ -23,8 +29,10 @@ __all__ = [
     "VGGish",
     "VGGishModel",
     "embed",
+    "embed_examples",
     "load",
     "num_examples",
+    "postprocess",
     "untrained",
     "waveform_to_examples",
 ]

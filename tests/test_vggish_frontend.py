@@ -118,13 +118,21 @@ def test_resampler_filters_and_passes():
     np.testing.assert_allclose(y_dc[300:-300], 0.25, atol=1e-4)
 
 
-def test_resampler_gather_path_equals_block_path(monkeypatch):
+@pytest.mark.parametrize("rate", [22050, 48000, 8000])
+def test_resampler_gather_path_equals_block_path(monkeypatch, rate):
+    """The block matmul (with k blocks grouped into super-blocks at 48 kHz, M/L = 3/1, and
+    8 kHz, upsampling 1/2) against the per-output gather of the same resampy weights."""
+    k_expected = {22050: 1, 48000: 100, 8000: 50}
+    plan = fe._block_plan(rate, 16000)
+    M, L = fe._phase_weights(rate, 16000)[:2]
+    assert plan[0] // M == plan[1] // L and plan[0] // M >= k_expected[rate] and plan[2] <= 3
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9000)).astype(np.float32))
-    block = np.asarray(fe.resample(x, 22050))
+    block = np.asarray(fe.resample(x, rate))
     monkeypatch.setattr(fe, "_MAX_BLOCK_MATRIX", 0)
     fe._block_plan.cache_clear()
     try:
-        gather = np.asarray(fe.resample(x, 22050))
+        assert fe._block_plan(rate, 16000) is None
+        gather = np.asarray(fe.resample(x, rate))
     finally:
         monkeypatch.undo()
         fe._block_plan.cache_clear()

@@ -98,11 +98,11 @@ def _to_numpy(value: Any, key: str, path: str) -> np.ndarray:
         arr = value.detach().cpu()
         if not arr.is_floating_point():
             raise WeightsError(f"{path}: tensor {key!r} has dtype {arr.dtype}, expected floating point")
-        arr = arr.to(torch.float64).numpy()
+        arr = arr.to(torch.float32).numpy()  # float64 values beyond float32 range become inf
     elif isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.floating):
             raise WeightsError(f"{path}: array {key!r} has dtype {value.dtype}, expected floating point")
-        arr = value.astype(np.float64)
+        arr = value.astype(np.float32)
     else:
         raise WeightsError(f"{path}: entry {key!r} is a {type(value).__name__}, expected a tensor")
     if not np.all(np.isfinite(arr)):

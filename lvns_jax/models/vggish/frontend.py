@@ -24,7 +24,9 @@ that depend on the phase ``p`` only. We reproduce resampy's arithmetic *exactly*
 same truncations, same zero padding at both ends) in NumPy at trace time to get one weight
 vector per phase, and apply them as one strided block matmul: the padded signal is cut into
 blocks of ``M`` samples, ``c`` consecutive blocks form the window of a block of ``L`` outputs,
-``y[q] = window[q] @ W`` with ``W`` of shape ``(c*M, L)``. For awkward rates whose reduced ratio
+``y[q] = window[q] @ W`` with ``W`` of shape ``(c*M, L)`` (when the filter spans many blocks,
+as at 48 kHz where ``M/L = 3/1``, ``k`` blocks are grouped into one of ``k*M`` inputs and ``k*L``
+outputs so that ``c`` stays ~2). For awkward rates whose reduced ratio
 has a large ``L`` (e.g. 44101 Hz) ``W`` would be huge, and a per-output gather is used instead
 (exact as well, but slower and more memory hungry).
 
@@ -143,16 +145,28 @@ def _phase_weights(sr_orig: int, sr_new: int):
 
 @functools.lru_cache(maxsize=32)
 def _block_plan(sr_orig: int, sr_new: int):
+    """``(Mk, Lk, c, left, mat)``: outputs ``q*Lk + j`` = ``windows[q] @ mat[:, j]`` where
+    ``windows[q]`` is ``c`` consecutive blocks of ``Mk`` padded inputs starting at block ``q``.
+
+    When the filter is much longer than one block of the reduced ratio (e.g. 48 kHz, where
+    ``M/L = 3/1``), ``k`` consecutive blocks are grouped into one super-block of ``Mk = k*M``
+    inputs and ``Lk = k*L`` outputs, so a window spans ~2 super-blocks instead of ~100 tiny
+    ones (the same arithmetic, far fewer slices to compile)."""
     M, L, n_p, W, left = _phase_weights(sr_orig, sr_new)
     K = W.shape[1]
-    span = int(n_p.max()) + K  # window of one output block, starting at q*M - left
-    c = -(-span // M)  # number of consecutive input blocks per window
-    if c * M * L > _MAX_BLOCK_MATRIX:
-        return None
-    mat = np.zeros((c * M, L), dtype=np.float64)
-    for p in range(L):
-        mat[n_p[p] : n_p[p] + K, p] = W[p]
-    return M, L, c, left, mat.astype(np.float32)
+    for k in dict.fromkeys((max(1, -(-K // M)), 1)):
+        Mk, Lk = k * M, k * L
+        span = (k - 1) * M + int(n_p.max()) + K  # window of one super-block, from q*Mk - left
+        c = -(-span // Mk)  # consecutive super-blocks per window
+        if c * Mk * Lk > _MAX_BLOCK_MATRIX:
+            continue
+        mat = np.zeros((c * Mk, Lk), dtype=np.float64)
+        for j in range(k):
+            for p in range(L):
+                start = j * M + n_p[p]
+                mat[start : start + K, j * L + p] = W[p]
+        return Mk, Lk, c, left, mat.astype(np.float32)
+    return None
 
 
 def resample(audio: jax.Array, sr_orig: int, sr_new: int = SAMPLE_RATE) -> jax.Array:
