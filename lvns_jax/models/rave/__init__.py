@@ -4,7 +4,11 @@
     dec = rave.load("weights/vintage")        # converted with `lvns convert rave vintage.ts --out ...`
     dec = rave.untrained("v1", seed=0)        # real-size, random init (logs a warning)
     audio = dec.decode(z, key)                # z (B, latent_size, T) -> (B, T * hop) float32
-    f = dec.decode_fn(noise=True)             # pure f(z, key), usable inside jit / lax.map
+    f = dec.pure_decode(noise=True)           # pure f(params, z, key), usable inside jit / lax.map
+    dec.params, dec.sample_rate, dec.hop, dec.latent_size, dec.description, dec.trained
+
+``noise=False`` turns both random sources of an export's decode off: the latent completion
+(zeros instead of N(0, 1)) and the generator's noise branch.
 """
 
 from __future__ import annotations

@@ -208,3 +208,14 @@ def apply_noise(noise_spec, x, get: Getter, uniform):
     noise = causal_fft_filter(uniform, ir)           # (B, F, D, target)
     noise = jnp.transpose(noise, (0, 1, 3, 2)).reshape(B, F * target, n_out)
     return noise
+
+
+def leaves(node):
+    """The leaf nodes (conv, convt, activations, ...) of a spec node, in application order."""
+    if node[0] in ("seq", "sum"):
+        for c in node[1]:
+            yield from leaves(c)
+    elif node[0] in ("res", "noise"):
+        yield from leaves(node[1])
+    else:
+        yield node

@@ -191,6 +191,14 @@ class RaveDecoder:
 
         return f
 
+    def pure_decode(self, noise: bool = True):
+        """Pure ``f(params, z (B, C, T), key) -> (B, T*hop)`` (params passed in, not baked in)."""
+
+        def f(params, z, key=None):
+            return self.decode_fn(noise, params)(z, key)
+
+        return f
+
     def decode(self, z, key=None, noise: bool = True):
         """Decode user latents (B, C_user, T) (or (C_user, T)) to float32 audio (B, T*hop).
 
@@ -210,12 +218,60 @@ class RaveDecoder:
         return self._jitted[noise](self.params, z, key)
 
 
+def init_params(spec, seed: int = 0) -> dict:
+    """Random params for a spec without tracing the network (fast, deterministic in ``seed``).
+
+    Convs get PyTorch's default init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (weight norm leaves the
+    initial weight unchanged); Snake alphas 1; PCA identity, mean 0, PQMF filters designed.
+    """
+    spec = to_tuple(spec)
+    _, gen, pqmf, full = spec
+    rng = np.random.default_rng(seed)
+    params: dict[str, Any] = {}
+
+    def visit(node):
+        op = node[0]
+        if op in ("seq", "sum"):
+            for c in node[1]:
+                visit(c)
+        elif op == "res":
+            visit(node[1])
+        elif op == "noise":
+            visit(node[1])
+        elif op == "conv":
+            _, pid, k, cin, cout, stride, dil, groups, pl, pr, bias = node
+            bound = 1.0 / np.sqrt(cin // groups * k)
+            params[f"{pid}_w"] = rng.uniform(-bound, bound, (k, cin // groups, cout)).astype(np.float32)
+            if bias:
+                params[f"{pid}_b"] = rng.uniform(-bound, bound, (cout,)).astype(np.float32)
+        elif op == "convt":
+            _, pid, k, cin, cout, stride, padding, out_pad, bias = node
+            bound = 1.0 / np.sqrt(cout * k)
+            params[f"{pid}_w"] = rng.uniform(-bound, bound, (k, cin, cout)).astype(np.float32)
+            if bias:
+                params[f"{pid}_b"] = rng.uniform(-bound, bound, (cout,)).astype(np.float32)
+        elif op == "snake":
+            params[f"{node[1]}_alpha"] = np.ones((node[2],), np.float32)
+
+    if gen[0] == "v1":
+        _, net, wave, loud, _, noise, _ = gen
+        for n in (net, wave, loud, noise):
+            if n is not None:
+                visit(n)
+    else:
+        _, net, wave, noise, _ = gen
+        for n in (net, noise, wave):
+            if n is not None:
+                visit(n)
+    params["latent_pca"] = np.eye(full, dtype=np.float32)
+    params["latent_mean"] = np.zeros((full,), np.float32)
+    if pqmf[0] > 1:
+        from lvns_jax.models.rave.pqmf import synthesis_weight
+
+        params["pqmf_w"] = synthesis_weight(pqmf[0])
+    return {k: jnp.asarray(v) for k, v in params.items()}
+
+
 def build_untrained(spec, meta: dict, seed: int, description: str) -> RaveDecoder:
-    module = RaveModule(to_tuple(spec))
-    full = spec[3]
-    z = jnp.zeros((1, full, 1), jnp.float32)
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(seed), z))
-    # init for real (eval_shape above only validates the spec cheaply)
-    params = jax.jit(lambda k: module.init(k, z)["params"])(jax.random.key(seed))
-    del variables
+    params = init_params(spec, seed)
     return RaveDecoder(spec, params, meta, trained=False, description=description)

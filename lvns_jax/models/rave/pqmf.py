@@ -12,6 +12,7 @@ untrained decoder, converted models carry the exported filter weights.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -45,6 +46,11 @@ def prototype_filter(atten: float, n_band: int) -> np.ndarray:
 
 def synthesis_weight(n_band: int, atten: float = 100.0) -> np.ndarray:
     """Polyphase synthesis kernel, (taps, M, M) channels-last (= torch inverse_conv.weight^T)."""
+    return _synthesis_weight(int(n_band), float(atten)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _synthesis_weight(n_band: int, atten: float) -> np.ndarray:
     h = prototype_filter(atten, n_band).astype(np.float32)
     n = h.shape[-1]
     k = np.arange(n_band)[:, None]
