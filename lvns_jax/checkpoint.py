@@ -21,9 +21,11 @@ log = logging.getLogger("lvns_jax")
 
 
 def abstract_arrays(state_like: SearchState) -> dict:
-    """Shapes/dtypes of the checkpointed arrays, to restore into."""
+    """Shapes/dtypes/shardings of the checkpointed arrays, to restore into (so a checkpoint written on
+    any number of devices or hosts restores onto the template's devices)."""
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state_like.evolution_arrays())
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state_like.evolution_arrays())
 
 
 class Checkpoints:

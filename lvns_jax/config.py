@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mutation_distribution": ("normal", "uniform"),
     "selection": ("novelty", "random", "replace"),
     "sparseness_rule": ("nearest", "farthest"),
+    "knn": ("brute", "incremental"),
 }
 
 # Model specs that need no weight files.
@@ -62,6 +63,12 @@ class Config:
     noise: bool = True  # RAVE noise (latent completion + noise branch); false = deterministic decoder
     chunk_size: int = 32  # individuals per decode/embed batch inside the step (bounds memory)
     knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (about 2**26 distances per block)
+    # --- scale-out (lvns_jax.knn_incremental, lvns_jax.distributed) ---
+    knn: str = "brute"  # brute: all pool distances each generation; incremental: children vs pool only (same survivors)
+    knn_width: int = 0  # incremental: neighbours kept per member (>= k); 0 = 2k; k = recompute on any loss
+    knn_approx: float = 0.0  # 0 = exact; in (0, 1): recall target of an approximate kNN screen (lax.approx_max_k, TPU)
+    devices: int = 0  # population-axis shards: 0 = all devices (largest count dividing container_size and breed_size)
+    multihost: bool = False  # call jax.distributed.initialize() first (TPU pod slice, several GPU hosts)
     # --- outputs ---
     scan_length: int = 10  # generations per compiled lax.scan block between host-side logging
     checkpoint_every: int = 10  # generations between orbax checkpoints (0 = only at the end)
@@ -155,6 +162,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.dataset_offset >= 0, "dataset_offset", "must be >= 0")
     need(cfg.chunk_size >= 1, "chunk_size", "must be >= 1")
     need(cfg.knn_chunk >= 0, "knn_chunk", "must be >= 0 (0 = automatic)")
+    _validate_scale_out(cfg, need)
     need(cfg.scan_length >= 1, "scan_length", "must be >= 1")
     for key in ("checkpoint_every", "save_every", "audio_every"):
         need(getattr(cfg, key) >= 0, key, "must be >= 0 (0 = never)")
@@ -177,6 +185,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"vggish: weights directory {cfg.vggish!r} not found; allowed: a directory made by "
                           f"`lvns convert vggish`, or one of {', '.join(BUILTIN_VGGISH)}")
     return cfg
+
+
+def _validate_scale_out(cfg: Config, need) -> None:
+    """Keys of the incremental kNN and of the population sharding (issue 6)."""
+    if cfg.knn == "incremental":
+        need(cfg.sparseness_rule == "nearest", "sparseness_rule",
+             "knn = incremental keeps nearest-neighbour lists; it needs sparseness_rule = nearest "
+             "(use knn = brute for farthest)")
+        need(not cfg.reevaluate_container, "reevaluate_container",
+             "knn = incremental needs cached container embeddings (reevaluate_container = false; "
+             "use knn = brute to re-evaluate)")
+    need(cfg.knn_width == 0 or cfg.knn_width >= cfg.k, "knn_width", f"must be 0 (= 2k) or >= k = {cfg.k}")
+    need(0.0 <= cfg.knn_approx < 1.0, "knn_approx", "must be in [0, 1) (0 = exact)")
+    if cfg.knn_approx > 0:
+        need(cfg.knn == "brute", "knn", "knn_approx > 0 is a screen of the brute-force path; use knn = brute")
+    need(cfg.devices >= 0, "devices", "must be >= 0 (0 = all devices)")
 
 
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvns_jax import config as config_lib
-from lvns_jax import logs, search
+from lvns_jax import distributed, knn_incremental, logs, search
 from lvns_jax.checkpoint import Checkpoints
 from lvns_jax.errors import LvnsError
 from lvns_jax.models import Models
@@ -33,7 +33,8 @@ log = logging.getLogger("lvns_jax")
 
 #: keys that may change when resuming (everything else must match the checkpointed run)
 RESUMABLE_KEYS = ("generations", "scan_length", "checkpoint_every", "keep_checkpoints", "save_every",
-                  "audio_every", "audio_count", "progress", "chunk_size", "knn_chunk")
+                  "audio_every", "audio_count", "progress", "chunk_size", "knn_chunk", "knn", "knn_width", "devices",
+                  "multihost")
 
 
 class Interrupted(LvnsError):
@@ -107,6 +108,8 @@ def _stop_on_signals():
 
 
 def _setup_file_log(out_dir: str) -> logging.Handler:
+    if not distributed.is_main():  # multi-host: process 0 keeps the log
+        return logging.NullHandler()
     handler = logging.FileHandler(os.path.join(out_dir, "run.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("lvns_jax").addHandler(handler)
@@ -132,6 +135,7 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
     ``stop_after``: stop (with a checkpoint, like a signal) once this generation is reached — used
     to test interruption.
     """
+    distributed.initialize(cfg)  # multihost = true: jax.distributed.initialize() before any other JAX call
     os.makedirs(out_dir, exist_ok=True)
     file_log = _setup_file_log(out_dir)
     try:
@@ -144,12 +148,14 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
 def _run(cfg, out_dir, resume, models, stop_after):
     from lvns_jax.models.build import build_models
 
-    with open(os.path.join(out_dir, "config.toml"), "w") as f:
-        f.write(cfg.to_toml())
+    if distributed.is_main():
+        with open(os.path.join(out_dir, "config.toml"), "w") as f:
+            f.write(cfg.to_toml())
     models = models or build_models(cfg)
     ckpts = Checkpoints(os.path.join(out_dir, "checkpoints"), cfg.keep_checkpoints)
     if resume:
-        state = ckpts.restore_latest(_template(cfg, models))
+        state = ckpts.restore_latest(distributed.place(_template(cfg, models)))  # onto this run's devices
+        state = distributed.place(knn_incremental.attach(state))
         log.info("resumed %s at generation %d", out_dir, int(state.generation))
     else:
         if ckpts.steps():
@@ -161,8 +167,10 @@ def _run(cfg, out_dir, resume, models, stop_after):
                  time.perf_counter() - t0)
 
     gen = int(state.generation)
-    tb = logs.EventLog(os.path.join(out_dir, "tb"))
-    metrics_file = logs.MetricsFile(os.path.join(out_dir, "metrics.jsonl"), resume_generation=gen if resume else None)
+    main = distributed.is_main()  # multi-host: process 0 writes TensorBoard, metrics and audio
+    tb = logs.EventLog(os.path.join(out_dir, "tb")) if main else distributed.NullWriter()
+    metrics_file = (logs.MetricsFile(os.path.join(out_dir, "metrics.jsonl"), resume_generation=gen if resume else None)
+                    if main else distributed.NullWriter())
     if not models.trained:
         notice = ("UNTRAINED MODELS: " + "; ".join(models.description) +
                   ". Sounds and novelty scores are not meaningful; see weights/README.md to convert real weights.")
@@ -171,23 +179,28 @@ def _run(cfg, out_dir, resume, models, stop_after):
     audio_key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5EED)
 
     def host_outputs(state, g):
-        sp = np.asarray(state.sparseness)
+        audio_now = bool(cfg.audio_every and g % cfg.audio_every == 0)
+        save_now = bool(cfg.save_every and g % cfg.save_every == 0)
+        sp = distributed.to_host(state.sparseness)  # gathers are collective: every process takes part
+        latents = distributed.to_host(state.latents) if audio_now or save_now else None
+        if not main:
+            return
         tb.histogram("container/sparseness", sp, g)
         order = np.argsort(-np.where(np.isfinite(sp), sp, -np.inf), kind="stable")
-        if cfg.audio_every and g % cfg.audio_every == 0:
-            top = np.asarray(state.latents)[order[: cfg.audio_count]]
+        if audio_now:
+            top = latents[order[: cfg.audio_count]]
             clips = decode_audio(models, top, jax.random.fold_in(audio_key, g), cfg.chunk_size)
             for rank, clip in enumerate(clips):
                 tb.audio(f"most_novel/{rank}", clip, models.sample_rate, g)
-        if cfg.save_every and g % cfg.save_every == 0:
-            lat = np.asarray(state.latents)[order]
+        if save_now:
+            lat = latents[order]
             audio = decode_audio(models, lat, jax.random.fold_in(audio_key, g), cfg.chunk_size)
             logs.save_generation(os.path.join(out_dir, "audio", f"gen_{g:04d}"), audio,
                                  models.sample_rate, lat, sp[order])
         tb.flush()
 
     if not resume:
-        sp = np.asarray(state.sparseness)
+        sp = distributed.to_host(state.sparseness)
         record = {"generation": 0, "sparseness_mean": float(np.mean(sp)), "sparseness_min": float(np.min(sp)),
                   "sparseness_median": float(np.median(sp)), "sparseness_max": float(np.max(sp))}
         metrics_file.write(record)
@@ -199,7 +212,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
 
     compiled: dict[int, object] = {}
     bar = None
-    if cfg.progress:
+    if cfg.progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.generations, initial=gen, unit="gen", dynamic_ncols=True)

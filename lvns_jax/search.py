@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from lvns_jax import container as container_lib
-from lvns_jax import novelty, operators, selection
+from lvns_jax import distributed, knn_incremental, novelty, operators, selection
 from lvns_jax.config import Config
 from lvns_jax.models import Models
 
@@ -38,6 +38,7 @@ class SearchState:
     invalid_total: jax.Array  # int32 scalar: children with NaN/inf audio or embedding so far
     models: Models  # decoder/embedder functions (static) and params (leaves)
     config: Config = struct.field(pytree_node=False)
+    knn: Any = None  # knn_incremental.KnnLists when config.knn == "incremental" (derived data, not checkpointed)
 
     # Fields saved in checkpoints (everything but the models and the static config).
     EVOLUTION_FIELDS = ("key", "generation", "latents", "embeddings", "sparseness", "born", "invalid_total")
@@ -46,11 +47,13 @@ class SearchState:
         return {f: getattr(self, f) for f in self.EVOLUTION_FIELDS}
 
 
-def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int,
+             first_chunk: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
     """Decode then embed ``latents`` (b, C, T) in chunks of ``chunk_size``.
 
     Returns embeddings (b, D) and a (b,) bool mask of valid individuals (finite audio and embedding).
-    Each chunk's decoder noise uses its own key (``fold_in(key, chunk index)``).
+    Each chunk's decoder noise uses its own key (``fold_in(key, chunk index)``); ``first_chunk`` is the
+    index of the first chunk (a device's offset when the population is sharded).
     """
     b = latents.shape[0]
     c = min(chunk_size, b)
@@ -59,7 +62,7 @@ def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int
 
     def one_chunk(args):
         i, zc = args
-        audio = models.decode(models.decoder_params, zc, jax.random.fold_in(key, i))
+        audio = models.decode(models.decoder_params, zc, jax.random.fold_in(key, first_chunk + i))
         emb = models.embed(models.embedder_params, audio)
         ok = jnp.all(jnp.isfinite(audio), axis=-1) & jnp.all(jnp.isfinite(emb), axis=-1)
         return emb.astype(jnp.float32), ok
@@ -70,6 +73,14 @@ def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int
 
 def _knn_chunk(cfg: Config) -> int | None:
     return cfg.knn_chunk or None
+
+
+def _pool_sparseness(state: SearchState, cont_emb: jax.Array, child_emb: jax.Array, pool_emb: jax.Array):
+    """Sparseness of the pool by the configured kNN path; with the pool's kNN lists when incremental."""
+    cfg = state.config
+    if cfg.knn == "incremental":
+        return knn_incremental.pool_knn(state.knn, pool_emb, cfg.container_size, cfg.k, _knn_chunk(cfg))
+    return distributed.sparseness(cfg, cont_emb, child_emb), None
 
 
 def init(config: Config, key: jax.Array | int | None = None, models: Models | None = None) -> SearchState:
@@ -89,16 +100,16 @@ def init(config: Config, key: jax.Array | int | None = None, models: Models | No
     latents = container_lib.init_container(
         k_init, config.init, config.container_size, config.latent_channels, config.latent_frames,
         config.dataset_path, config.dataset_offset)
-    embeddings, _ = jax.jit(evaluate, static_argnums=3)(models, latents, k_eval, config.chunk_size)
+    embeddings, _ = distributed.evaluate_initial(config, models, latents, k_eval, evaluate)
     # Sparseness of the initial container within itself (k capped at N-1 for this first measure).
     k0 = min(config.k, config.container_size - 1) if config.sparseness_rule == "nearest" else \
         min(config.k, config.container_size)
     sp = novelty.sparseness(embeddings, k0, config.sparseness_rule, _knn_chunk(config))
     n = config.container_size
-    return SearchState(
+    return distributed.place(knn_incremental.attach(SearchState(
         key=k_run, generation=jnp.int32(0), latents=latents, embeddings=embeddings,
         sparseness=sp, born=jnp.zeros((n,), jnp.int32), invalid_total=jnp.int32(0),
-        models=models, config=config)
+        models=models, config=config)))
 
 
 def _finite_stats(x: jax.Array, prefix: str) -> dict[str, jax.Array]:
@@ -124,17 +135,17 @@ def _step(state: SearchState) -> tuple[SearchState, dict[str, jax.Array]]:
         mutate_last_frame=cfg.mutate_last_frame)
 
     # 2. evaluate: decode + embed the children (and the container, if re-evaluating like the original)
-    child_emb, child_ok = evaluate(models, children, k_children, cfg.chunk_size)
+    child_emb, child_ok = distributed.evaluate(cfg, models, children, k_children, evaluate)
     child_emb = jnp.where(child_ok[:, None], child_emb, jnp.nan)
     if cfg.reevaluate_container:
-        cont_emb, cont_ok = evaluate(models, state.latents, k_container, cfg.chunk_size)
+        cont_emb, cont_ok = distributed.evaluate(cfg, models, state.latents, k_container, evaluate)
         cont_emb = jnp.where(cont_ok[:, None], cont_emb, jnp.nan)
     else:
         cont_emb = state.embeddings
 
     # 3. sparseness over the pool = container + children (invalid members get -inf)
     pool_emb = jnp.concatenate([cont_emb, child_emb])
-    pool_sp = novelty.sparseness(pool_emb, cfg.k, cfg.sparseness_rule, _knn_chunk(cfg))
+    pool_sp, pool_knn = _pool_sparseness(state, cont_emb, child_emb, pool_emb)
 
     # 4. select the next container
     survivors = selection.select(cfg.selection, k_select, pool_sp, n)
@@ -145,6 +156,9 @@ def _step(state: SearchState) -> tuple[SearchState, dict[str, jax.Array]]:
         key=key, generation=state.generation + 1, latents=pool_latents[survivors],
         embeddings=pool_emb[survivors], sparseness=pool_sp[survivors], born=pool_born[survivors],
         invalid_total=state.invalid_total + invalid)
+    if pool_knn is not None:  # incremental kNN: the next container's neighbour lists
+        new_state = new_state.replace(knn=knn_incremental.update(pool_knn, pool_emb, survivors, cfg.k, _knn_chunk(cfg)))
+    new_state = distributed.constrain(new_state)
 
     child_sp = jnp.where(child_ok, pool_sp[n:], jnp.nan)
     metrics = {
@@ -156,6 +170,8 @@ def _step(state: SearchState) -> tuple[SearchState, dict[str, jax.Array]]:
         "invalid_children": invalid,
         "crossover_point": breeding.crossover_point[0],
     }
+    if pool_knn is not None:
+        metrics["knn_recomputed"] = new_state.knn.recomputed
     return new_state, metrics
 
 

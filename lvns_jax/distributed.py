@@ -1,0 +1,259 @@
+"""Scale-out: the population axis sharded over devices and hosts, with JAX's own runtime.
+
+One 1-D :class:`jax.sharding.Mesh` with axis ``"pop"`` over ``devices`` devices (config key; 0 = all
+devices, reduced to the largest count that divides both ``container_size`` and ``breed_size``).
+The state's per-individual arrays (latents, embeddings, sparseness, birth generations, kNN lists)
+are split along the individual axis (:class:`~jax.sharding.NamedSharding` ``P("pop")``); the PRNG key,
+counters and model parameters are replicated. Inside the one jitted generation step:
+
+* breeding runs under ``jit``'s automatic partitioning (its random draws are the same whatever the
+  sharding: ``jax_threefry_partitionable``);
+* decoding and embedding run on each device's slice of the children (``shard_map``), in the same
+  ``chunk_size`` batches as on one device: chunk i of the population always gets the decoder noise
+  key ``fold_in(key, i)`` (identical to the one-device run when ``chunk_size`` divides
+  ``breed_size / devices``; otherwise each device pads its own last chunk and the noise draws differ);
+* sparseness is computed over the global pool: each device all-gathers the embeddings (small:
+  (N+B) x 128 floats) and computes the kNN of its own rows; distances are exact and
+  shape-independent (:func:`lvns_jax.novelty.exact_sq_dist`), so every member's sparseness is the
+  same to the last bit as on one device, and so are the survivors;
+* selection (a top-k over the (N+B,) sparseness) and the gathers of the survivors are partitioned by
+  XLA; the new state is constrained back to the same shardings.
+
+So 1, 2, 4 or 8 devices give bit-identical latents, embeddings, sparseness and survivors; metrics
+that are sums (means) may differ in the last bits.
+
+Multi-host
+----------
+With ``multihost = true`` (config key) the run calls :func:`jax.distributed.initialize` before any
+other JAX call; every process runs the same program on its own devices, the mesh spans all devices
+of all processes. Logging, TensorBoard, metrics, WAV files and the resolved config are written by
+process 0 only; orbax checkpoints are written by all processes together (each its own shards) and
+restore onto any device count (a checkpoint written on 8 devices continues on 1).
+
+Launch commands::
+
+    # TPU pod slice (e.g. v5e-32, 8 hosts): same command on every host; topology auto-detected
+    gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command \\
+        "cd lvns-jax && lvns run configs/big.toml multihost=true --out gs://BUCKET/run1"
+
+    # several GPU hosts (here 2 hosts x 8 GPUs): one process per host
+    # host 0:
+    JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \\
+        lvns run configs/big.toml multihost=true --out /shared/run1
+    # host 1: the same with JAX_PROCESS_ID=1
+    # (under SLURM or Open MPI, srun/mpirun set these up: jax.distributed.initialize() detects them)
+
+    # one host, all of its GPUs: nothing to do (devices = 0 takes them all)
+    lvns run configs/big.toml --out runs/big
+
+    # CPU, to try the sharded code path: 8 forced host devices
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 lvns run configs/quick.toml --out runs/q8
+
+``--out`` must be a directory all processes see (a shared file system or a bucket orbax can write).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lvns_jax import novelty
+from lvns_jax.errors import ConfigError
+
+log = logging.getLogger("lvns_jax")
+
+AXIS = "pop"
+
+# State fields split along the individual axis; everything else is replicated.
+SHARDED_FIELDS = ("latents", "embeddings", "sparseness", "born")
+
+_initialized = False
+
+
+# ----------------------------------------------------------------------------- processes
+def initialize(cfg=None) -> None:
+    """``jax.distributed.initialize()`` once, if ``cfg.multihost`` (or no cfg) asks for it.
+
+    Arguments come from the environment: ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+    ``JAX_PROCESS_ID`` (or auto-detection on Cloud TPU, SLURM, Open MPI).
+    """
+    global _initialized
+    if _initialized or (cfg is not None and not cfg.multihost):
+        return
+    kwargs = {}
+    if "JAX_NUM_PROCESSES" in os.environ:
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if "JAX_PROCESS_ID" in os.environ:
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    _initialized = True
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_main() -> bool:
+    """True on the process that logs and writes files (process 0)."""
+    return jax.process_index() == 0
+
+
+class NullWriter:
+    """Stands in for the TensorBoard/metrics writers on processes other than 0: every call is a no-op."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def to_host(x) -> np.ndarray:
+    """The whole global array as NumPy on this process (an all-gather across hosts if needed)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------- mesh
+def device_count(cfg) -> int:
+    """Shards of the population axis for ``cfg`` (see the module doc); ConfigError if impossible."""
+    avail = jax.device_count()
+    n, b = cfg.container_size, cfg.breed_size
+    if cfg.devices == 0:
+        g = math.gcd(n, b)
+        return max(d for d in range(1, avail + 1) if g % d == 0)
+    if cfg.devices > avail:
+        raise ConfigError(f"devices: {cfg.devices} requested but only {avail} available (0 = all)")
+    if n % cfg.devices or b % cfg.devices:
+        raise ConfigError(f"devices: {cfg.devices} must divide container_size = {n} and breed_size = {b}")
+    return cfg.devices
+
+
+def is_sharded(cfg) -> bool:
+    return device_count(cfg) > 1
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(d: int) -> Mesh:
+    return Mesh(np.asarray(jax.devices()[:d]), (AXIS,))
+
+
+def mesh(cfg) -> Mesh:
+    """The 1-D population mesh for ``cfg`` (its first ``device_count(cfg)`` devices)."""
+    return _mesh(device_count(cfg))
+
+
+def _spec(name: str) -> P:
+    return P(AXIS) if name in SHARDED_FIELDS else P()
+
+
+def _put(x, sharding):
+    if isinstance(x, jax.Array) and getattr(x, "sharding", None) == sharding:
+        return x
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return jax.device_put(x, sharding)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _put(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)  # computed identically on every process
+    return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+
+def _map_state(state, fn):
+    """Apply ``fn(array, PartitionSpec)`` to the state's arrays, its kNN lists and model parameters."""
+    changes = {f: fn(getattr(state, f), _spec(f)) for f in state.EVOLUTION_FIELDS}
+    if getattr(state, "knn", None) is not None:
+        knn = state.knn
+        changes["knn"] = knn.replace(d2=fn(knn.d2, P(AXIS)), idx=fn(knn.idx, P(AXIS)),
+                                     recomputed=fn(knn.recomputed, P()))
+    models = state.models
+    changes["models"] = models.replace(
+        decoder_params=jax.tree_util.tree_map(lambda a: fn(a, P()), models.decoder_params),
+        embedder_params=jax.tree_util.tree_map(lambda a: fn(a, P()), models.embedder_params))
+    return state.replace(**changes)
+
+
+def place(state):
+    """Put a state on its config's mesh (host code, after init or restore); unchanged on 1 device."""
+    if not is_sharded(state.config):
+        return state
+    m = mesh(state.config)
+    return _map_state(state, lambda a, spec: _put(a, NamedSharding(m, spec)))
+
+
+def constrain(state):
+    """Inside jit: keep the state's shardings from one generation to the next."""
+    if not is_sharded(state.config):
+        return state
+    m = mesh(state.config)
+    return _map_state(state, lambda a, spec: jax.lax.with_sharding_constraint(a, NamedSharding(m, spec)))
+
+
+# ----------------------------------------------------------------------------- stages
+def evaluate(cfg, models, latents: jax.Array, key: jax.Array, evaluate_fn) -> tuple[jax.Array, jax.Array]:
+    """``evaluate_fn`` (:func:`lvns_jax.search.evaluate`) on each device's slice of ``latents``.
+
+    Chunk i of the whole population keeps the noise key ``fold_in(key, i)`` of the one-device run.
+    """
+    if not is_sharded(cfg):
+        return evaluate_fn(models, latents, key, cfg.chunk_size)
+    m = mesh(cfg)
+    local = latents.shape[0] // m.size
+    n_local = -(-local // min(cfg.chunk_size, local))
+
+    def body(models, z, key):
+        first = jax.lax.axis_index(AXIS) * n_local
+        return evaluate_fn(models, z, key, cfg.chunk_size, first_chunk=first)
+
+    return jax.shard_map(body, mesh=m, in_specs=(P(), P(AXIS), P()), out_specs=(P(AXIS), P(AXIS)),
+                         check_vma=False)(models, latents, key)
+
+
+def evaluate_initial(cfg, models, latents: jax.Array, key: jax.Array, evaluate_fn):
+    """The initial container's evaluation (host code): sharded like the step's when several devices."""
+    if not is_sharded(cfg):
+        return jax.jit(evaluate_fn, static_argnums=3)(models, latents, key, cfg.chunk_size)
+    m = mesh(cfg)
+    latents = _put(latents, NamedSharding(m, P(AXIS)))
+    key = _put(key, NamedSharding(m, P()))
+    models = models.replace(
+        decoder_params=jax.tree_util.tree_map(lambda a: _put(a, NamedSharding(m, P())), models.decoder_params),
+        embedder_params=jax.tree_util.tree_map(lambda a: _put(a, NamedSharding(m, P())), models.embedder_params))
+    return jax.jit(lambda mo, z, k: evaluate(cfg, mo, z, k, evaluate_fn))(models, latents, key)
+
+
+def sparseness(cfg, cont_emb: jax.Array, child_emb: jax.Array) -> jax.Array:
+    """Brute-force sparseness of the pool ``container + children`` (P,), rows split over devices.
+
+    Each device all-gathers both embedding arrays and computes its own container rows and its own
+    children rows against the whole pool. Bit-identical to ``novelty.sparseness`` of the pool.
+    """
+    k, rule, approx = cfg.k, cfg.sparseness_rule, cfg.knn_approx
+    n, b = cont_emb.shape[0], child_emb.shape[0]
+    if not is_sharded(cfg):
+        return novelty.sparseness(jnp.concatenate([cont_emb, child_emb]), k, rule, cfg.knn_chunk or None,
+                                  approx=approx)
+    m = mesh(cfg)
+    nl, bl = n // m.size, b // m.size
+    chunk = cfg.knn_chunk or novelty.auto_chunk(n + b)
+
+    def body(cont_l, child_l):
+        pool_raw = jnp.concatenate([jax.lax.all_gather(cont_l, AXIS, tiled=True),
+                                    jax.lax.all_gather(child_l, AXIS, tiled=True)])
+        pool, pool_sq, ok = novelty.prepare(pool_raw)
+        dev = jax.lax.axis_index(AXIS)
+        ids = jnp.concatenate([dev * nl + jnp.arange(nl), n + dev * bl + jnp.arange(bl)]).astype(jnp.int32)
+        block = functools.partial(novelty._block_sparseness, pool=pool, pool_sq=pool_sq, valid=ok, k=k,
+                                  rule=rule, approx=approx)
+        out = jnp.where(ok[ids], novelty.rows_map(block, pool[ids], ids, chunk), -jnp.inf)
+        return out[:nl], out[nl:]
+
+    sp_c, sp_b = jax.shard_map(body, mesh=m, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS), P(AXIS)),
+                               check_vma=False)(cont_emb, child_emb)
+    return jnp.concatenate([sp_c, sp_b])
