@@ -6,7 +6,9 @@
 * the state really is split over the devices;
 * an orbax checkpoint written on 8 devices restores on 1 and continues identically;
 * the incremental kNN on 4 devices selects like brute force on 1;
-* the whole runner (TensorBoard, checkpoints, resume) on 8 devices, resumed on 1 (slow).
+* the whole runner (TensorBoard, checkpoints, resume) on 8 devices, resumed on 1 (slow);
+* two processes (jax.distributed.initialize + gloo CPU collectives) x 2 devices: process-0
+  bookkeeping, multi-process orbax checkpoints, resumed on 1 process (slow).
 """
 
 import json
@@ -160,3 +162,59 @@ def test_device_count_resolution():
     assert not distributed.is_sharded(config.from_dict({**base, "devices": 1}))
     with pytest.raises(ConfigError, match="devices: 2 requested but only 1"):
         distributed.device_count(config.from_dict({**base, "devices": 2}))
+
+
+MULTIHOST = textwrap.dedent("""
+    import json, os, sys
+    pid, out, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    os.environ.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from lvns_jax import config, distributed, runner
+    cfg = config.from_dict(json.loads(sys.argv[4]))
+    s = runner.run(cfg, out)
+    json.dump(dict(processes=jax.process_count(), devices=jax.device_count(), generation=int(s.generation),
+                   shards=len(s.latents.sharding.device_set),
+                   sparseness=distributed.to_host(s.sparseness).tolist()), open(os.path.join(out, f"p{pid}.json"), "w"))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_multihost_run_then_resume_on_one(tmp_path):
+    """2 processes x 2 CPU devices (jax.distributed + gloo): one run directory written by process 0,
+    a 4-way sharded state, orbax checkpoints from both processes; resumed in this 1-device process it
+    continues like an uninterrupted 1-device run."""
+    import socket
+
+    from lvns_jax import runner
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    base = dict(rave="toy", vggish="toy", container_size=16, breed_size=8, k=4, latent_channels=3, latent_frames=8,
+                chunk_size=2, progress=False, scan_length=2, checkpoint_every=2, save_every=2, audio_every=2, seed=5)
+    script = tmp_path / "mh.py"
+    script.write_text(MULTIHOST)
+    out = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    cfg_mh = json.dumps(dict(base, generations=2, multihost=True, devices=0))
+    procs = [subprocess.Popen([sys.executable, str(script), str(p), str(out), str(port), cfg_mh], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) for p in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    if any("gloo" in log.lower() and "not" in log.lower() and p.returncode for log, p in zip(logs, procs)):
+        pytest.skip("no gloo CPU collectives in this jaxlib")
+    assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    r0, r1 = (json.loads((out / f"p{p}.json").read_text()) for p in (0, 1))
+    assert r0["processes"] == 2 and r0["devices"] == 4 and r0["shards"] == 4 and r0["generation"] == 2
+    assert r0["sparseness"] == r1["sparseness"]
+    # bookkeeping by process 0 only: one event file, one metrics line per generation
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
+    assert [json.loads(line)["generation"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    # resume here (1 process, 1 device) to generation 4 == uninterrupted 1-device run
+    a = runner.run(runner.resume_config(str(out), {"generations": 4, "multihost": False, "devices": 1}), str(out),
+                   resume=True)
+    b = runner.run(config.from_dict(dict(base, generations=4, devices=1)), str(tmp_path / "ref"))
+    np.testing.assert_array_equal(np.asarray(a.born), np.asarray(b.born))
+    np.testing.assert_allclose(np.asarray(a.latents), np.asarray(b.latents), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a.sparseness), np.asarray(b.sparseness), rtol=1e-5)
