@@ -19,8 +19,11 @@ counters and model parameters are replicated. Inside the one jitted generation s
 * selection (a top-k over the (N+B,) sparseness) and the gathers of the survivors are partitioned by
   XLA; the new state is constrained back to the same shardings.
 
-So 1, 2, 4 or 8 devices give bit-identical latents, embeddings, sparseness and survivors; metrics
-that are sums (means) may differ in the last bits.
+So 1, 2, 4 or 8 devices select the same survivors in the same order (tested). Floats agree to the
+last bits only: XLA fuses the partitioned program differently (e.g. FMA contraction in the
+mutation's normal draw, the decoder's matmuls on a device's slice), so latents differ by ~1 ulp and
+embeddings, sparseness and summed metrics to float tolerance; a member's sparseness, given its
+embedding and the pool's, is bit-identical whatever the device count.
 
 Multi-host
 ----------
