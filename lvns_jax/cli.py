@@ -72,6 +72,17 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from lvns_jax import plot
+
+    pca, gens = plot.parse_generations(args.pca_generations)
+    labels = args.labels.split(",") if args.labels else None
+    out = plot.plot_runs(args.runs, args.out, x=args.x, pca_generations=gens, pca=pca, labels=labels,
+                         title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvns", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory, e.g. weights/vggish")
     c.add_argument("--pca", default=None, help="torchvggish PCA parameters (.pth), vggish only")
     c.set_defaults(func=_cmd_convert)
+
+    pl = sub.add_parser("plot", help="plot sparseness vs generation/time and a PCA of the container (needs matplotlib)")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories made by `lvns run`")
+    pl.add_argument("--out", required=True, metavar="FIG.png", help="output figure (format from the extension)")
+    pl.add_argument("--x", default="generation", choices=["generation", "time", "both"],
+                    help="x axis of the sparseness curves: generation, cumulative step time, or both panels")
+    pl.add_argument("--pca-generations", default=None, metavar="G1,G2,...",
+                    help="saved generations to project with PCA (default: up to 4 saved ones; none: no PCA)")
+    pl.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: folder names)")
+    pl.add_argument("--title", default=None, help="figure title")
+    pl.set_defaults(func=_cmd_plot)
 
     e = sub.add_parser("encode", help="encode a folder of audio with a RAVE .ts into latents for init=dataset "
                                       "(needs torch)")

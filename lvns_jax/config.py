@@ -19,11 +19,12 @@ from lvns_jax.errors import ConfigError
 CHOICES: dict[str, tuple[str, ...]] = {
     "init": ("uniform", "normal", "dataset"),
     "crossover": ("shared", "per_child"),
-    "mutation": ("add", "replace"),
+    "mutation": ("add", "replace", "gradient"),
     "mutation_distribution": ("normal", "uniform"),
     "selection": ("novelty", "random", "replace"),
     "sparseness_rule": ("nearest", "farthest"),
     "knn": ("brute", "incremental"),
+    "gradient_optimizer": ("adam", "sgd"),
 }
 
 # Model specs that need no weight files.
@@ -52,6 +53,15 @@ class Config:
     mutation_distribution: str = "normal"  # v ~ N(0,1) or U[0,1), times mutation_scale
     mutation_scale: float = 1.0
     mutate_last_frame: bool = False  # the original never mutates frame T-1 (t in [0, T-2])
+    # --- gradient-guided mutation (beyond the paper, lvns_jax.gradient) ---
+    # mutation = "gradient": every child is its crossover + optax steps up the sparseness gradient;
+    # mutation = add|replace with gradient_fraction > 0: that share of the children (mixed mode)
+    gradient_fraction: float = 0.0  # in [0, 1]; round(fraction * breed_size) gradient children
+    gradient_steps: int = 5  # optimiser steps per gradient child
+    gradient_lr: float = 0.05  # optimiser learning rate (latent units)
+    gradient_optimizer: str = "adam"  # adam | sgd
+    gradient_prior_weight: float = 1.0  # weight of mean(relu(|z| - bound)^2); 0 = no penalty
+    gradient_prior_bound: float = 3.0  # prior range in standard deviations of N(0, 1)
     # --- novelty and selection ---
     selection: str = "novelty"  # novelty (keep the N most sparse), random (control), replace (B = N)
     sparseness_rule: str = "nearest"  # nearest (paper) or farthest (what the original code computes)
@@ -159,6 +169,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.k < cfg.pool_size, "k",
          f"must be < pool size container_size + breed_size = {cfg.pool_size}")
     need(cfg.mutation_scale >= 0, "mutation_scale", "must be >= 0")
+    _validate_gradient(cfg, need)
     need(cfg.dataset_offset >= 0, "dataset_offset", "must be >= 0")
     need(cfg.chunk_size >= 1, "chunk_size", "must be >= 1")
     need(cfg.knn_chunk >= 0, "knn_chunk", "must be >= 0 (0 = automatic)")
@@ -185,6 +196,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"vggish: weights directory {cfg.vggish!r} not found; allowed: a directory made by "
                           f"`lvns convert vggish`, or one of {', '.join(BUILTIN_VGGISH)}")
     return cfg
+
+
+def _validate_gradient(cfg: Config, need) -> None:
+    """Keys of the gradient-guided mutation (lvns_jax.gradient)."""
+    need(0.0 <= cfg.gradient_fraction <= 1.0, "gradient_fraction", "must be in [0, 1]")
+    if cfg.mutation == "gradient":
+        need(cfg.gradient_fraction in (0.0, 1.0), "gradient_fraction",
+             "mutation = gradient makes every child a gradient child; for a mixed mode use "
+             "mutation = add|replace with gradient_fraction in (0, 1]")
+    elif cfg.gradient_fraction > 0:
+        need(cfg.gradient_fraction * cfg.breed_size >= 0.5, "gradient_fraction",
+             f"rounds to 0 gradient children of breed_size = {cfg.breed_size}")
+    need(cfg.gradient_steps >= 1, "gradient_steps", "must be >= 1")
+    need(cfg.gradient_lr > 0, "gradient_lr", "must be > 0")
+    need(cfg.gradient_prior_weight >= 0, "gradient_prior_weight", "must be >= 0 (0 = no penalty)")
+    need(cfg.gradient_prior_bound > 0, "gradient_prior_bound", "must be > 0")
 
 
 def _validate_scale_out(cfg: Config, need) -> None:

@@ -7,7 +7,8 @@ Layout of a run directory::
     run.log              console log
     metrics.jsonl        one JSON object per generation
     tb/                  TensorBoard event files (scalars, histograms, audio)
-    audio/gen_XXXX/      NNN.wav of the container (most sparse first), latents.npy, sparseness.npy
+    audio/gen_XXXX/      NNN.wav of the container (most sparse first), latents.npy, sparseness.npy,
+                         embeddings.npy
     checkpoints/         orbax checkpoints
 """
 
@@ -118,11 +119,14 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def save_generation(directory: str, audio: np.ndarray, sample_rate: int, latents: np.ndarray,
-                    sparseness: np.ndarray) -> None:
+                    sparseness: np.ndarray, embeddings: np.ndarray | None = None) -> None:
     """Write ``NNN.wav`` (float32, not clipped) for each individual plus ``latents.npy`` and
-    ``sparseness.npy``, like the original's per-generation folders."""
+    ``sparseness.npy``, like the original's per-generation folders, and ``embeddings.npy`` (the
+    cached container embeddings, same order; used by ``lvns plot`` for the PCA view) when given."""
     os.makedirs(directory, exist_ok=True)
     for i, clip in enumerate(np.asarray(audio, np.float32)):
         sf.write(os.path.join(directory, f"{i:03d}.wav"), clip, sample_rate, subtype="FLOAT")
     np.save(os.path.join(directory, "latents.npy"), np.asarray(latents, np.float32))
     np.save(os.path.join(directory, "sparseness.npy"), np.asarray(sparseness, np.float32))
+    if embeddings is not None:
+        np.save(os.path.join(directory, "embeddings.npy"), np.asarray(embeddings, np.float32))

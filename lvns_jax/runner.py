@@ -60,6 +60,8 @@ def tb_tag(metric: str) -> str:
         return f"selection/{metric}"
     if metric in ("individuals_per_second", "step_seconds"):
         return f"perf/{metric}"
+    if metric.startswith("gradient_"):
+        return f"gradient/{metric[len('gradient_'):]}"
     return f"search/{metric}"
 
 
@@ -183,6 +185,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
         save_now = bool(cfg.save_every and g % cfg.save_every == 0)
         sp = distributed.to_host(state.sparseness)  # gathers are collective: every process takes part
         latents = distributed.to_host(state.latents) if audio_now or save_now else None
+        embeddings = distributed.to_host(state.embeddings) if save_now else None
         if not main:
             return
         tb.histogram("container/sparseness", sp, g)
@@ -196,7 +199,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
             lat = latents[order]
             audio = decode_audio(models, lat, jax.random.fold_in(audio_key, g), cfg.chunk_size)
             logs.save_generation(os.path.join(out_dir, "audio", f"gen_{g:04d}"), audio,
-                                 models.sample_rate, lat, sp[order])
+                                 models.sample_rate, lat, sp[order], embeddings[order])
         tb.flush()
 
     if not resume:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from lvns_jax import container as container_lib
+from lvns_jax import gradient
 from lvns_jax import distributed, knn_incremental, novelty, operators, selection
 from lvns_jax.config import Config
 from lvns_jax.models import Models
@@ -130,9 +131,12 @@ def _step(state: SearchState) -> tuple[SearchState, dict[str, jax.Array]]:
 
     # 1. breed: crossover + mutation
     children, breeding = operators.breed(
-        k_breed, state.latents, cfg.breed_size, crossover_mode=cfg.crossover, mutation=cfg.mutation,
+        k_breed, state.latents, cfg.breed_size, crossover_mode=cfg.crossover, mutation=gradient.paper_mutation(cfg),
         distribution=cfg.mutation_distribution, scale=cfg.mutation_scale,
         mutate_last_frame=cfg.mutate_last_frame)
+    if gradient.enabled(cfg):  # 1b. gradient children: crossover + optax steps up the novelty gradient
+        children, grad_info = gradient.apply(cfg, models, jax.random.fold_in(k_breed, 1), state.latents,
+                                             state.embeddings, children, breeding)
 
     # 2. evaluate: decode + embed the children (and the container, if re-evaluating like the original)
     child_emb, child_ok = distributed.evaluate(cfg, models, children, k_children, evaluate)
@@ -170,6 +174,8 @@ def _step(state: SearchState) -> tuple[SearchState, dict[str, jax.Array]]:
         "invalid_children": invalid,
         "crossover_point": breeding.crossover_point[0],
     }
+    if gradient.enabled(cfg):
+        metrics.update(gradient.step_metrics(cfg, grad_info, child_emb, child_ok, state.embeddings, child_sp))
     if pool_knn is not None:
         metrics["knn_recomputed"] = new_state.knn.recomputed
     return new_state, metrics

@@ -31,6 +31,9 @@ class Models:
     latent_channels: int = struct.field(pytree_node=False)
     description: tuple[str, ...] = struct.field(pytree_node=False, default=())
     trained: bool = struct.field(pytree_node=False, default=False)
+    # Differentiable variant of ``embed`` (same signature, same values up to float32 rounding) for the
+    # gradient mutation (lvns_jax.gradient); None: ``embed`` itself is differentiable.
+    embed_grad: Callable | None = struct.field(pytree_node=False, default=None)
 
     def embedding_dim(self, frames: int) -> int:
         z = jax.ShapeDtypeStruct((1, self.latent_channels, frames), "float32")

@@ -37,6 +37,19 @@ def _embedder(cfg: Config, sample_rate: int):
     return model.params, model.pure_embed(sample_rate), model.description, model.trained
 
 
+def _embedder_grad(cfg: Config, sample_rate: int):
+    """Differentiable embedder for the gradient mutation: VGGish's float64 front-end island is not
+    differentiable, so gradients go through its float32 front end (high_precision=False)."""
+    if cfg.vggish == "toy":
+        return None
+    from lvns_jax.models.vggish import model as vggish_model
+
+    def embed_grad(params, audio):
+        return vggish_model.embed(params, audio, sample_rate, high_precision=False)
+
+    return embed_grad
+
+
 def build_models(cfg: Config) -> Models:
     dparams, decode, sr, hop, latent_size, ddesc, dtrained = _decoder(cfg)
     if cfg.init == "dataset":  # latents must be decoded by the model that encoded them
@@ -51,7 +64,7 @@ def build_models(cfg: Config) -> Models:
     eparams, embed, edesc, etrained = _embedder(cfg, sr)
     models = Models(decoder_params=dparams, embedder_params=eparams, decode=decode, embed=embed,
                     sample_rate=sr, hop=hop, latent_channels=latent_size, description=(ddesc, edesc),
-                    trained=dtrained and etrained)
+                    trained=dtrained and etrained, embed_grad=_embedder_grad(cfg, sr))
     for desc, trained in ((ddesc, dtrained), (edesc, etrained)):
         if not trained:
             log.warning("%s: untrained weights, the sounds and novelty scores are NOT meaningful", desc)
