@@ -27,6 +27,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from lvns_jax import bench
+
+    return bench.main(args.rest)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import logging
     import os
@@ -112,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--title", default=None, help="figure title")
     pl.set_defaults(func=_cmd_plot)
 
+    b = sub.add_parser("bench", add_help=False,
+                       help="time the jitted step per stage (and the original algorithm); `lvns bench -h`")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_cmd_bench)
+
     e = sub.add_parser("encode", help="encode a folder of audio with a RAVE .ts into latents for init=dataset "
                                       "(needs torch)")
     e.add_argument("audio_dir", help="folder of .wav/.flac/.ogg files (searched recursively)")
@@ -128,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":  # `lvns bench` has its own options (lvns_jax.bench)
+        args.rest = extra + args.rest
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except LvnsError as e:

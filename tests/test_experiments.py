@@ -70,3 +70,14 @@ def test_bench_cli_errors():
         bench.main(["--baseline", "--sizes", "small"])
     with pytest.raises(LvnsError, match="unknown size"):
         bench.main(["--sizes", "huge", "rave=toy", "vggish=toy"])
+
+
+def test_clips_shorter_than_a_vggish_example_are_refused():
+    from lvns_jax.errors import ConfigError
+    from lvns_jax.models.build import _check_clip_length
+
+    cfg = config_lib.from_dict(dict(latent_frames=20, progress=False))
+    with pytest.raises(ConfigError, match=r"latent_frames: 20 frames .* use latent_frames >= 21"):
+        _check_clip_length(cfg, 44100, 2048)  # 40960 samples < 42998 (one example at 44.1 kHz)
+    _check_clip_length(cfg.replace(latent_frames=21), 44100, 2048)  # 43008 samples: one example
+    _check_clip_length(cfg.replace(vggish="toy"), 44100, 2048)  # toy embedder: any length

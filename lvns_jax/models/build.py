@@ -50,6 +50,22 @@ def _embedder_grad(cfg: Config, sample_rate: int):
     return embed_grad
 
 
+def _check_clip_length(cfg: Config, sample_rate: int, hop: int) -> None:
+    """VGGish embeds 0.96 s examples: shorter clips have no embedding (NaN) and could never survive."""
+    if cfg.vggish == "toy":
+        return
+    from lvns_jax.models.vggish.frontend import num_examples
+
+    samples = cfg.latent_frames * hop
+    if num_examples(samples, sample_rate) >= 1:
+        return
+    t = cfg.latent_frames
+    while num_examples(t * hop, sample_rate) < 1:
+        t += 1
+    raise ConfigError(f"latent_frames: {cfg.latent_frames} frames x hop {hop} = {samples} samples at {sample_rate} Hz "
+                      f"is shorter than one 0.96 s VGGish example; use latent_frames >= {t}")
+
+
 def build_models(cfg: Config) -> Models:
     dparams, decode, sr, hop, latent_size, ddesc, dtrained = _decoder(cfg)
     if cfg.init == "dataset":  # latents must be decoded by the model that encoded them
@@ -61,6 +77,7 @@ def build_models(cfg: Config) -> Models:
     if latent_size != cfg.latent_channels:
         raise ConfigError(f"latent_channels: the RAVE model {cfg.rave!r} takes {latent_size} latent "
                           f"channels, the config says {cfg.latent_channels}")
+    _check_clip_length(cfg, sr, hop)
     eparams, embed, edesc, etrained = _embedder(cfg, sr)
     models = Models(decoder_params=dparams, embedder_params=eparams, decode=decode, embed=embed,
                     sample_rate=sr, hop=hop, latent_channels=latent_size, description=(ddesc, edesc),
