@@ -81,3 +81,12 @@ def test_clips_shorter_than_a_vggish_example_are_refused():
         _check_clip_length(cfg, 44100, 2048)  # 40960 samples < 42998 (one example at 44.1 kHz)
     _check_clip_length(cfg.replace(latent_frames=21), 44100, 2048)  # 43008 samples: one example
     _check_clip_length(cfg.replace(vggish="toy"), 44100, 2048)  # toy embedder: any length
+
+
+def test_bench_through_the_cli(capsys):
+    from lvns_jax import cli
+
+    assert cli.main(["bench", "--sizes", "huge", "rave=toy", "vggish=toy"]) == 2
+    assert "unknown size 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # options of other commands are still checked
+        cli.main(["run", "--no-such-option"])
