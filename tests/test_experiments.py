@@ -11,7 +11,8 @@ from lvns_jax import bench, config as config_lib
 from lvns_jax.errors import LvnsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOMLS = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "*.toml"), recursive=True))
+TOMLS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "**", "*.toml"), recursive=True)
+               if not {"runs", "data"} & set(os.path.relpath(p, ROOT).split(os.sep)))  # not run outputs
 
 
 def test_there_are_experiment_configs():

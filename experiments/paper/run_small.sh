@@ -21,7 +21,12 @@ for name in small control_random rule_farthest mutation_add_uniform mutation_rep
   fi
 done
 mkdir -p experiments/results
-$LVNS plot "$OUT/small" "$OUT/control_random" "$OUT/rule_farthest" --out experiments/results/novelty_vs_control.png
+$LVNS plot "$OUT/small" "$OUT/control_random" "$OUT/rule_farthest" \
+    --labels "novelty nearest (paper),random survival (control),farthest + re-eval (original code)" \
+    --title "small setup 50/30 k 30 - UNTRAINED RAVE v1 + VGGish" --out experiments/results/novelty_vs_control.png
 $LVNS plot "$OUT/small" "$OUT/mutation_add_uniform" "$OUT/mutation_replace_normal" "$OUT/mutation_replace_uniform" \
+    --labels "add normal (paper),add uniform,replace normal,replace uniform" \
+    --title "mutation operators - UNTRAINED RAVE v1 + VGGish" \
     --out experiments/results/mutation_operators.png --pca-generations none
-$LVNS plot "$OUT/small" "$OUT/init_normal" --out experiments/results/init.png --pca-generations none
+$LVNS plot "$OUT/small" "$OUT/init_normal" --labels "init uniform,init normal" \
+    --title "initialisation - UNTRAINED RAVE v1 + VGGish" --out experiments/results/init.png --pca-generations none
