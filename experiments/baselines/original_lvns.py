@@ -53,11 +53,14 @@ class OriginalLVNS:
         self.clock = {"breed_s": 0.0, "decode_s": 0.0, "embed_s": 0.0, "knn_s": 0.0}  # where the time goes
 
     # --- EPrior.mutate ---
-    def mutate(self):
+    def _clocked(self, name, fn, *args):
         t0 = time.perf_counter()
-        out = self._mutate()
-        self.clock["breed_s"] += time.perf_counter() - t0
+        out = fn(*args)
+        self.clock[name] += time.perf_counter() - t0
         return out
+
+    def mutate(self):
+        return self._clocked("breed_s", self._mutate)
 
     def _mutate(self):
         n, b, (c, t) = self.container_size, self.breed_size, self.latent_dim
@@ -81,10 +84,7 @@ class OriginalLVNS:
 
     # --- EPrior.generate (V2 output layout: acids-rave 2.3.1 exports return (B, 1, S)) ---
     def generate(self, genes):
-        t0 = time.perf_counter()
-        out = self._generate(genes)
-        self.clock["decode_s"] += time.perf_counter() - t0
-        return out
+        return self._clocked("decode_s", self._generate, genes)
 
     def _generate(self, genes):
         with torch.no_grad():
@@ -96,10 +96,7 @@ class OriginalLVNS:
 
     # --- EPrior.evaluate: one clip at a time, NumPy/resampy front end ---
     def evaluate(self, audios):
-        t0 = time.perf_counter()
-        out = self._evaluate(audios)
-        self.clock["embed_s"] += time.perf_counter() - t0
-        return out
+        return self._clocked("embed_s", self._evaluate, audios)
 
     def _evaluate(self, audios):
         from torchvggish import vggish_input
