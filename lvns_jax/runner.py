@@ -173,6 +173,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
     tb = logs.EventLog(os.path.join(out_dir, "tb")) if main else distributed.NullWriter()
     metrics_file = (logs.MetricsFile(os.path.join(out_dir, "metrics.jsonl"), resume_generation=gen if resume else None)
                     if main else distributed.NullWriter())
+    tb.text("config", "```\n" + cfg.to_toml() + "\n```", gen)
     if not models.trained:
         notice = ("UNTRAINED MODELS: " + "; ".join(models.description) +
                   ". Sounds and novelty scores are not meaningful; see weights/README.md to convert real weights.")

@@ -56,6 +56,8 @@ def test_run_directory_contents_and_tensorboard(tmp_path):
     assert [e.step for e in means] == list(range(7))
     np.testing.assert_allclose([e.value for e in means], [r["sparseness_mean"] for r in recs], rtol=1e-6)
     assert "container/sparseness" in tags["histograms"]
+    config_text = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert "container_size = " in config_text and "rave = \"toy\"" in config_text
     assert {h.step for h in acc.Histograms("container/sparseness")} >= {0, 3, 6}
     assert "most_novel/0" in tags["audio"] and "most_novel/1" in tags["audio"]
     assert [a.step for a in acc.Audio("most_novel/0")] == [0, 3, 6]
