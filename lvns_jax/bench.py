@@ -60,8 +60,8 @@ def _chunk_map(fn: Callable, x, key, chunk: int):
     import jax.numpy as jnp
 
     b = x.shape[0]
-    c = min(chunk, b)
-    n = -(-b // c)
+    n = -(-b // min(chunk, b))
+    c = -(-b // n)
     xs = jnp.pad(x, ((0, n * c - b),) + ((0, 0),) * (x.ndim - 1)).reshape(n, c, *x.shape[1:])
     out = jax.lax.map(lambda a: fn(a[1], jax.random.fold_in(key, a[0])), (jnp.arange(n), xs))
     return out.reshape(n * c, *out.shape[2:])[:b]

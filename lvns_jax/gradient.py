@@ -123,8 +123,8 @@ def improve(key: jax.Array, models: Models, latents: jax.Array, container_emb: j
     nothing but memory). Returns the new latents and a :class:`GradientInfo`.
     """
     g = latents.shape[0]
-    c = min(chunk_size, g)
-    n = -(-g // c)
+    n = -(-g // min(chunk_size, g))  # balanced chunks of at most chunk_size (as search.evaluate)
+    c = -(-g // n)
     z_all = jnp.pad(latents, ((0, n * c - g), (0, 0), (0, 0))).reshape(n, c, *latents.shape[1:])
     tx = make_optimizer(optimizer, learning_rate)
     k = min(k, container_emb.shape[0])

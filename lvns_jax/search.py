@@ -50,15 +50,15 @@ class SearchState:
 
 def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int,
              first_chunk: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
-    """Decode then embed ``latents`` (b, C, T) in chunks of ``chunk_size``.
+    """Decode then embed ``latents`` (b, C, T) in ``ceil(b / chunk_size)`` equal chunks.
 
     Returns embeddings (b, D) and a (b,) bool mask of valid individuals (finite audio and embedding).
     Each chunk's decoder noise uses its own key (``fold_in(key, chunk index)``); ``first_chunk`` is the
     index of the first chunk (a device's offset when the population is sharded).
     """
     b = latents.shape[0]
-    c = min(chunk_size, b)
-    n = -(-b // c)
+    n = -(-b // min(chunk_size, b))  # chunks of at most chunk_size ...
+    c = -(-b // n)  # ... balanced, so that little or no padding is decoded (100 = 4 x 25, not 4 x 32)
     z = jnp.pad(latents, ((0, n * c - b), (0, 0), (0, 0))).reshape(n, c, *latents.shape[1:])
 
     def one_chunk(args):
