@@ -59,12 +59,11 @@ def _chunk_map(fn: Callable, x, key, chunk: int):
     import jax
     import jax.numpy as jnp
 
-    b = x.shape[0]
-    n = -(-b // min(chunk, b))
-    c = -(-b // n)
-    xs = jnp.pad(x, ((0, n * c - b),) + ((0, 0),) * (x.ndim - 1)).reshape(n, c, *x.shape[1:])
-    out = jax.lax.map(lambda a: fn(a[1], jax.random.fold_in(key, a[0])), (jnp.arange(n), xs))
-    return out.reshape(n * c, *out.shape[2:])[:b]
+    from lvns_jax.models import merge_chunks, split_chunks
+
+    xs = split_chunks(x, chunk)
+    out = jax.lax.map(lambda a: fn(a[1], jax.random.fold_in(key, a[0])), (jnp.arange(xs.shape[0]), xs))
+    return merge_chunks(out, x.shape[0])
 
 
 def synthetic_state(cfg, models):

@@ -69,6 +69,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lvns_jax import novelty
+from lvns_jax.models import num_chunks
 from lvns_jax.errors import ConfigError
 
 log = logging.getLogger("lvns_jax")
@@ -208,7 +209,7 @@ def evaluate(cfg, models, latents: jax.Array, key: jax.Array, evaluate_fn) -> tu
         return evaluate_fn(models, latents, key, cfg.chunk_size)
     m = mesh(cfg)
     local = latents.shape[0] // m.size
-    n_local = -(-local // min(cfg.chunk_size, local))
+    n_local = num_chunks(local, cfg.chunk_size)
 
     def body(models, z, key):
         first = jax.lax.axis_index(AXIS) * n_local

@@ -39,7 +39,7 @@ from flax import struct
 
 from lvns_jax import operators
 from lvns_jax.config import Config
-from lvns_jax.models import Models
+from lvns_jax.models import Models, merge_chunks, split_chunks
 
 OPTIMIZERS = ("adam", "sgd")
 _EPS = 1e-12  # distances below sqrt(_EPS) have zero gradient (a child equal to a container member)
@@ -123,9 +123,7 @@ def improve(key: jax.Array, models: Models, latents: jax.Array, container_emb: j
     nothing but memory). Returns the new latents and a :class:`GradientInfo`.
     """
     g = latents.shape[0]
-    n = -(-g // min(chunk_size, g))  # balanced chunks of at most chunk_size (as search.evaluate)
-    c = -(-g // n)
-    z_all = jnp.pad(latents, ((0, n * c - g), (0, 0), (0, 0))).reshape(n, c, *latents.shape[1:])
+    z_all = split_chunks(latents, chunk_size)  # the same batches as search.evaluate
     tx = make_optimizer(optimizer, learning_rate)
     k = min(k, container_emb.shape[0])
 
@@ -152,9 +150,8 @@ def improve(key: jax.Array, models: Models, latents: jax.Array, container_emb: j
         (z, _), (sp, norm) = jax.lax.scan(body, (z0, tx.init(z0)), jnp.arange(steps))
         return z, sp[0], sp[-1], jnp.mean(norm, axis=0)
 
-    z, sp0, sp_last, norm = jax.lax.map(one_chunk, (jnp.arange(n), z_all))
-    flat = lambda x: x.reshape(n * c, *x.shape[2:])[:g]  # noqa: E731
-    return flat(z), GradientInfo(flat(sp0), flat(sp_last), flat(norm))
+    z, sp0, sp_last, norm = jax.lax.map(one_chunk, (jnp.arange(z_all.shape[0]), z_all))
+    return merge_chunks(z, g), GradientInfo(merge_chunks(sp0, g), merge_chunks(sp_last, g), merge_chunks(norm, g))
 
 
 def apply(cfg: Config, models: Models, key: jax.Array, container: jax.Array, container_emb: jax.Array,

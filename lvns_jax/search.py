@@ -25,7 +25,7 @@ from lvns_jax import container as container_lib
 from lvns_jax import gradient
 from lvns_jax import distributed, knn_incremental, novelty, operators, selection
 from lvns_jax.config import Config
-from lvns_jax.models import Models
+from lvns_jax.models import Models, merge_chunks, split_chunks
 
 
 @struct.dataclass
@@ -57,9 +57,7 @@ def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int
     index of the first chunk (a device's offset when the population is sharded).
     """
     b = latents.shape[0]
-    n = -(-b // min(chunk_size, b))  # chunks of at most chunk_size ...
-    c = -(-b // n)  # ... balanced, so that little or no padding is decoded (100 = 4 x 25, not 4 x 32)
-    z = jnp.pad(latents, ((0, n * c - b), (0, 0), (0, 0))).reshape(n, c, *latents.shape[1:])
+    z = split_chunks(latents, chunk_size)
 
     def one_chunk(args):
         i, zc = args
@@ -68,8 +66,8 @@ def evaluate(models: Models, latents: jax.Array, key: jax.Array, chunk_size: int
         ok = jnp.all(jnp.isfinite(audio), axis=-1) & jnp.all(jnp.isfinite(emb), axis=-1)
         return emb.astype(jnp.float32), ok
 
-    emb, ok = jax.lax.map(one_chunk, (jnp.arange(n), z))
-    return emb.reshape(n * c, -1)[:b], ok.reshape(-1)[:b]
+    emb, ok = jax.lax.map(one_chunk, (jnp.arange(z.shape[0]), z))
+    return merge_chunks(emb, b), merge_chunks(ok, b)
 
 
 def _knn_chunk(cfg: Config) -> int | None:

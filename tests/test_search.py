@@ -148,3 +148,16 @@ def test_nan_children_never_survive_and_are_counted():
         assert np.all(np.isfinite(np.asarray(s.sparseness)))
         assert np.all(np.asarray(s.latents)[:, 0, 0] <= 0.3)
     assert total > 0 and int(s.invalid_total) == total
+
+
+def test_balanced_chunks_hand_worked():
+    from lvns_jax.models import merge_chunks, num_chunks, split_chunks
+
+    x = jnp.arange(100 * 2).reshape(100, 2)
+    xs = split_chunks(x, 32)
+    assert num_chunks(100, 32) == 4 and xs.shape == (4, 25, 2)  # 4 x 25, no padded rows
+    np.testing.assert_array_equal(merge_chunks(xs, 100), x)
+    ys = split_chunks(jnp.arange(10), 4)  # 3 chunks of 4: 10 rows + 2 zero rows of padding
+    np.testing.assert_array_equal(ys, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]])
+    np.testing.assert_array_equal(merge_chunks(ys, 10), jnp.arange(10))
+    assert split_chunks(jnp.arange(3), 32).shape == (1, 3)
