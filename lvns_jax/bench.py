@@ -149,14 +149,19 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
     return out
 
 
-def _run_one_subprocess(overrides: dict[str, Any], repeats: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lvns_jax.bench", "--one", json.dumps(overrides), "--repeats", str(repeats)]
+def _json_of(cmd: list[str]) -> dict[str, Any]:
+    """Run ``cmd``; its last JSON line on stdout, or {"error": ...} with the end of its stderr."""
     r = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = (r.stderr or "").strip().splitlines()[-5:]
-        return {"error": f"exit {r.returncode}: " + " | ".join(tail), "config": overrides}
+        return {"error": f"exit {r.returncode}: " + " | ".join(tail)}
     return json.loads(lines[-1])
+
+
+def _run_one_subprocess(overrides: dict[str, Any], repeats: int) -> dict[str, Any]:
+    res = _json_of([sys.executable, "-m", "lvns_jax.bench", "--one", json.dumps(overrides), "--repeats", str(repeats)])
+    return {**res, "config": overrides} if "error" in res else res
 
 
 def run_baseline(python: str, ts: str, vggish_pth: str, container: int, breed: int, k: int, frames: int,
@@ -165,12 +170,9 @@ def run_baseline(python: str, ts: str, vggish_pth: str, container: int, breed: i
                           "experiments", "baselines", "original_lvns.py")
     cmd = [python, script, "--ts", ts, "--vggish", vggish_pth, "--container", str(container), "--breed",
            str(breed), "--k", str(k), "--frames", str(frames), "--generations", str(generations)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if r.returncode != 0 or not lines:
-        tail = (r.stderr or "").strip().splitlines()[-5:]
-        return {"error": f"exit {r.returncode}: " + " | ".join(tail)}
-    res = json.loads(lines[-1])
+    res = _json_of(cmd)
+    if "error" in res:
+        return res
     res["seconds_per_generation"] = statistics.median(res["generation_s"])
     return res
 

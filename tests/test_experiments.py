@@ -91,3 +91,8 @@ def test_bench_through_the_cli(capsys):
     assert "unknown size 'huge'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # options of other commands are still checked
         cli.main(["run", "--no-such-option"])
+
+
+def test_failed_baseline_is_reported_not_raised():
+    r = bench.run_baseline("/bin/false", "x.ts", "x.pth", 50, 30, 30, 64, 1)
+    assert r == {"error": "exit 1: "}
