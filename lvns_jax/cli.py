@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", choices=["rave", "vggish"])
     c.add_argument("source", help="RAVE .ts export or torchvggish state dict (.pth)")
     c.add_argument("--out", required=True, help="output directory, e.g. weights/vggish")
-    c.add_argument("--pca", default=None, help="torchvggish PCA parameters (.pth), vggish only")
+    c.add_argument("--pca", default=None, help="VGGish PCA parameters: torchvggish .pth, TF vggish_pca_params.npz "
+                                               "or a hub state dict (pproc.*), vggish only")
     c.set_defaults(func=_cmd_convert)
 
     pl = sub.add_parser("plot", help="plot sparseness vs generation/time and a PCA of the container (needs matplotlib)")
