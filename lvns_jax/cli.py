@@ -20,11 +20,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         if args.pca:
             raise LvnsError("--pca only applies to `lvns convert vggish`")
-        from lvns_jax.models.rave.convert import convert
+        from lvns_jax.models.rave.convert import convert, summary
 
         meta = convert(args.source, args.out)
+        print(summary(meta, args.source))
     print(f"wrote {args.out} ({meta.get('architecture', args.model)})")
     return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from lvns_jax.models.rave.convert import inspect
+
+    text, ok = inspect(args.source)
+    print(text)
+    return 0 if ok else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -107,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pca", default=None, help="VGGish PCA parameters: torchvggish .pth, TF vggish_pca_params.npz "
                                                "or a hub state dict (pproc.*), vggish only")
     c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("inspect", help="what a RAVE .ts export is and whether it converts, without converting "
+                                       "(needs torch)")
+    i.add_argument("source", metavar="MODEL.ts", help="RAVE TorchScript export")
+    i.set_defaults(func=_cmd_inspect)
 
     pl = sub.add_parser("plot", help="plot sparseness vs generation/time and a PCA of the container (needs matplotlib)")
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories made by `lvns run`")

@@ -520,6 +520,21 @@ def params_from_ts(source_path):
     return spec, params, meta
 
 
+def inspect(source_path) -> tuple[str, bool]:
+    """(summary text, converts?) for a ``.ts`` without converting; WeightsError if unreadable."""
+    model = load_ts(source_path)
+    try:
+        _, _, meta = read_ts(model)
+    except _Unsupported as e:
+        gen = generation(model)
+        head = f"{source_path}: {'RAVE ' + gen + ' export' if gen != 'not a RAVE export' else gen} " \
+               f"({model.original_name})"
+        return f"{head}\n  lvns: does not convert: {e}", False
+    except Exception as e:
+        return f"{source_path}: cannot read this RAVE export ({type(e).__name__}: {e})", False
+    return summary(meta, os.fspath(source_path)), True
+
+
 def convert(source_path, out_dir) -> dict:
     """Convert ``source_path`` (.ts) into ``out_dir`` (orbax params + meta.json); returns meta."""
     from lvns_jax.weights_io import save_params, sha256_of
