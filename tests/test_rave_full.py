@@ -70,3 +70,26 @@ def test_untrained_matches_the_export_structure(name):
     assert u.spec == dec.spec
     assert {k: tuple(v.shape) for k, v in u.params.items()} == {k: tuple(v.shape) for k, v in dec.params.items()}
     np.testing.assert_allclose(np.asarray(u.params["pqmf_w"]), np.asarray(dec.params["pqmf_w"]), atol=1e-6)
+
+
+def test_full_size_tag_v1_cached_stereo_cropped():
+    """The paper's kind of model: a tag-v1 streaming (--cached) stereo export, capacity 64, internal
+    latent 128, cropped latent 8 (like LVNS-RAVE's VCTK model). Made with the recipe in
+    tests/fixtures/rave_exports/README.md as ``vctk_like.ts`` + ``vctk_like_twin.ts`` in LVNS_RAVE_FULL."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "rave_exports", "recipe"))
+    from ref_decode import compare, reference
+
+    path = os.path.join(FULL_DIR, "vctk_like.ts")
+    twin = os.path.join(FULL_DIR, "vctk_like_twin.ts")
+    if not (os.path.isfile(path) and os.path.isfile(twin)):
+        pytest.skip(f"{path} / {twin} missing (see tests/fixtures/rave_exports/README.md)")
+    dec = rave.load(path)
+    assert dec.meta["streaming"] and dec.meta["export_channels"] == 2 and dec.meta["trained_cropped"]
+    assert (dec.latent_size, dec.full_latent_size, dec.sample_rate, dec.hop) == (8, 128, 48000, 2048)
+    z = np.random.default_rng(0).standard_normal((2, 8, 8)).astype(np.float32)
+    ref, info = reference(path, z, twin=twin)
+    assert compare(np.asarray(dec.decode(z, noise=False)), ref) <= TOL
+    n = sum(int(np.prod(v.shape)) for k, v in dec.params.items() if k not in ("latent_pca", "latent_mean", "pqmf_w"))
+    assert n > 12_000_000   # the paper's v1 decoder size
