@@ -175,7 +175,8 @@ def _run(cfg, out_dir, resume, models, stop_after):
                     if main else distributed.NullWriter())
     tb.text("config", "```\n" + cfg.to_toml() + "\n```", gen)
     if not models.trained:
-        notice = ("UNTRAINED MODELS: " + "; ".join(models.description) +
+        untrained = [d for d in models.description if d.startswith(("UNTRAINED", "TOY"))] or list(models.description)
+        notice = ("UNTRAINED MODELS: " + "; ".join(untrained) +
                   ". Sounds and novelty scores are not meaningful; see weights/README.md to convert real weights.")
         log.warning(notice)
         tb.text("models", notice, gen)
