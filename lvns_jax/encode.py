@@ -14,7 +14,10 @@ Flax encoder. Every clip is
    acids-rave 2.x exports and in the paper's older v1 exports alike (the (1, B, S) vs (B, 1, S)
    difference of those exports is on the *decode* side). RAVE's encoder samples its posterior
    (``mean + std * noise``), so ``torch.manual_seed(seed + i)`` is set before clip ``i``: the file
-   is a pure function of the folder, the model and the seed.
+   is a pure function of the folder, the model and the seed. Streaming exports (cached
+   convolutions) are stateful; their caches are zeroed before every clip, so a clip's latents do
+   not depend on the clip encoded before it. ``--sr`` exports take audio at their export rate
+   (``sr`` / ``sampling_rate``), which is the rate used here.
 
 The result is saved as ``.npz`` (see :func:`save_npz`): ``latents`` (M, C, T) float32, clips of
 different lengths zero-padded at the end, which is exactly how the original LVNS-RAVE pads short
@@ -185,10 +188,30 @@ def model_info(model, sample_rate: int | None = None) -> ModelInfo:
     return ModelInfo(int(sr), hop, latent, in_ch)
 
 
-def encode_clip(model, audio: np.ndarray, hop: int | None, seed: int) -> np.ndarray:
-    """Encode one mono clip (S,) -> (C, T') float32 with ``model.encode`` on (1, 1, S)."""
+def reset_caches(model) -> int:
+    """Zero a streaming export's convolution caches (``CachedPadding1d.pad``,
+    ``CachedConvTranspose1d.cache``) so that the next call starts from an empty state. Returns how
+    many buffers were reset (0 for a non-streaming export)."""
     import torch
 
+    n = 0
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith(".pad") or name.endswith(".cache") or name == "cache":
+                buf.zero_()
+                n += 1
+    return n
+
+
+def encode_clip(model, audio: np.ndarray, hop: int | None, seed: int) -> np.ndarray:
+    """Encode one mono clip (S,) -> (C, T') float32 with ``model.encode`` on (1, 1, S).
+
+    Streaming exports are stateful (each call continues from the caches the previous call left);
+    their caches are reset first, so a clip's latents never depend on the clip encoded before it
+    (they are still causal: delayed by the encoder's latency, like the export's own output)."""
+    import torch
+
+    reset_caches(model)
     x = np.asarray(audio, np.float32)
     if hop:
         x = np.pad(x, (0, (-x.shape[0]) % hop))
