@@ -17,12 +17,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         from lvns_jax.models.vggish.convert import convert
 
         meta = convert(args.source, args.out, pca=args.pca)
-    elif args.model == "panns":
-        if args.pca:
-            raise LvnsError("--pca only applies to `lvns convert vggish`")
-        from lvns_jax.models.panns.convert import convert
-
-        meta = convert(args.source, args.out)
     else:
         if args.pca:
             raise LvnsError("--pca only applies to `lvns convert vggish`")
@@ -104,6 +98,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lvns_jax import report
+
+    gens = report.parse_generations(args.generations)
+    out, data = report.write_report(args.run_dir, args.out, gens, embed_audio=args.embed_audio,
+                                    max_points=args.max_points)
+    print(report.summary(out, data))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvns", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,10 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth / PANNs .pth weights to Flax (needs torch)")
-    c.add_argument("model", choices=["rave", "vggish", "panns"])
-    c.add_argument("source", help="RAVE .ts export, torchvggish state dict (.pth) or PANNs Cnn14 checkpoint "
-                                  "(Cnn14_mAP=0.431.pth)")
+    c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth weights to Flax (needs torch)")
+    c.add_argument("model", choices=["rave", "vggish"])
+    c.add_argument("source", help="RAVE .ts export or torchvggish state dict (.pth)")
     c.add_argument("--out", required=True, help="output directory, e.g. weights/vggish")
     c.add_argument("--pca", default=None, help="VGGish PCA parameters: torchvggish .pth, TF vggish_pca_params.npz "
                                                "or a hub state dict (pproc.*), vggish only")
@@ -139,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: folder names)")
     pl.add_argument("--title", default=None, help="figure title")
     pl.set_defaults(func=_cmd_plot)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page exploring a run: curves, embedding map, "
+                                       "neighbours, sounds")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `lvns run`")
+    rp.add_argument("--out", default=None, metavar="REPORT.html",
+                    help="output page (default RUN_DIR/report.html); audio is referenced relative to it")
+    rp.add_argument("--generations", default=None, metavar="G1,G2,...|last",
+                    help="saved generations to show, e.g. 0,10,last (default: all saved, at most 12 evenly spaced)")
+    rp.add_argument("--embed-audio", action="store_true",
+                    help="embed the WAVs as base64 (one portable file, small runs) instead of relative links")
+    rp.add_argument("--max-points", type=int, default=2000, metavar="N",
+                    help="points drawn per generation; larger containers are subsampled (default 2000)")
+    rp.set_defaults(func=_cmd_report)
 
     b = sub.add_parser("bench", add_help=False,
                        help="time the jitted step per stage (and the original algorithm); `lvns bench -h`")

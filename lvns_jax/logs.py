@@ -119,10 +119,13 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def save_generation(directory: str, audio: np.ndarray, sample_rate: int, latents: np.ndarray,
-                    sparseness: np.ndarray, embeddings: np.ndarray | None = None) -> None:
+                    sparseness: np.ndarray, embeddings: np.ndarray | None = None,
+                    born: np.ndarray | None = None) -> None:
     """Write ``NNN.wav`` (float32, not clipped) for each individual plus ``latents.npy`` and
     ``sparseness.npy``, like the original's per-generation folders, and ``embeddings.npy`` (the
-    cached container embeddings, same order; used by ``lvns plot`` for the PCA view) when given."""
+    cached container embeddings, same order; used by ``lvns plot`` for the PCA view) when given.
+    ``born`` (when given): ``born.npy``, int32 generation each individual was made in, same order
+    (used by ``lvns report``)."""
     os.makedirs(directory, exist_ok=True)
     for i, clip in enumerate(np.asarray(audio, np.float32)):
         sf.write(os.path.join(directory, f"{i:03d}.wav"), clip, sample_rate, subtype="FLOAT")
@@ -130,3 +133,5 @@ def save_generation(directory: str, audio: np.ndarray, sample_rate: int, latents
     np.save(os.path.join(directory, "sparseness.npy"), np.asarray(sparseness, np.float32))
     if embeddings is not None:
         np.save(os.path.join(directory, "embeddings.npy"), np.asarray(embeddings, np.float32))
+    if born is not None:
+        np.save(os.path.join(directory, "born.npy"), np.asarray(born, np.int32))
