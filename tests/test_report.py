@@ -381,6 +381,12 @@ def browser():
     if exe is None:
         pytest.skip("chromium not installed (apt-get install chromium): the browser test of `lvns report` is skipped")
     b = Chromium(exe)
+    try:
+        version = b.call("Browser.getVersion", timeout=60)["product"]
+    except Exception as e:  # e.g. a snap stub or a wrapper that cannot start headless here
+        b.close()
+        pytest.skip(f"{exe} did not start headless ({type(e).__name__}: {e}): the browser test is skipped")
+    print("browser:", version)
     yield b
     b.close()
 

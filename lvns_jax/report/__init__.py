@@ -394,8 +394,12 @@ def summary(out: str, data: dict) -> str:
     if not gens:
         lines.append("  no saved generations (save_every = 0?): the page has the curves only, no audio")
     else:
-        lines.append(f"  generations {', '.join(str(g['generation']) for g in gens)}; "
-                     f"audio {'embedded as base64' if data['audio_mode'] == 'embedded' else 'referenced relatively (keep the page next to ' + data['audio_base'] + ')'}")
+        if data["audio_mode"] == "embedded":
+            audio = "audio embedded in the page (base64)"
+        else:
+            audio = (f"audio: the run's WAV files, linked relative to the page ({data['audio_base']}/gen_XXXX/NNN.wav); "
+                     "move the page together with the run's audio folder")
+        lines.append(f"  generations {', '.join(str(g['generation']) for g in gens)}; {audio}")
         sub = [g for g in gens if len(g["shown"]) < g["size"]]
         if sub:
             lines.append(f"  containers above {data['max_points']} members are subsampled on the map")
