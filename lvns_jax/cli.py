@@ -17,6 +17,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         from lvns_jax.models.vggish.convert import convert
 
         meta = convert(args.source, args.out, pca=args.pca)
+    elif args.model == "panns":
+        if args.pca:
+            raise LvnsError("--pca only applies to `lvns convert vggish`")
+        from lvns_jax.models.panns.convert import convert
+
+        meta = convert(args.source, args.out)
     else:
         if args.pca:
             raise LvnsError("--pca only applies to `lvns convert vggish`")
@@ -119,9 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth weights to Flax (needs torch)")
-    c.add_argument("model", choices=["rave", "vggish"])
-    c.add_argument("source", help="RAVE .ts export or torchvggish state dict (.pth)")
+    c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth / PANNs .pth weights to Flax (needs torch)")
+    c.add_argument("model", choices=["rave", "vggish", "panns"])
+    c.add_argument("source", help="RAVE .ts export, torchvggish state dict (.pth) or PANNs Cnn14 checkpoint "
+                                  "(Cnn14_mAP=0.431.pth)")
     c.add_argument("--out", required=True, help="output directory, e.g. weights/vggish")
     c.add_argument("--pca", default=None, help="VGGish PCA parameters: torchvggish .pth, TF vggish_pca_params.npz "
                                                "or a hub state dict (pproc.*), vggish only")
