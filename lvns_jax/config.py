@@ -21,15 +21,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "crossover": ("shared", "per_child"),
     "mutation": ("add", "replace", "gradient"),
     "mutation_distribution": ("normal", "uniform"),
-    "selection": ("novelty", "random", "replace"),
     "sparseness_rule": ("nearest", "farthest"),
-    "knn": ("brute", "incremental"),
     "gradient_optimizer": ("adam", "sgd"),
 }
 
+# Keys naming a plug-in (lvns_jax.plugins): their allowed values are the registered names.
+PLUGIN_KEYS: dict[str, str] = {"emitter": "emitter", "selection": "selector", "knn": "scorer", "archive": "archive"}
+
 # Model specs that need no weight files.
 BUILTIN_RAVE = ("untrained:v1", "untrained:v2", "untrained:v2_small", "toy")
-BUILTIN_VGGISH = ("untrained", "toy")
+
+# Legacy keys still read (with a one-line note): old key -> function(value) -> {new key: value}
+LEGACY_KEYS = {
+    "vggish": lambda v: {"embedder": {"untrained": "untrained:vggish"}.get(v, v)},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Config:
     dataset_path: str = ""  # init = "dataset": .npz of `lvns encode`, .npy (M, C, T'), or the original's .h5
     dataset_offset: int = 0  # first latent frame taken from each dataset item
     # --- variation ---
+    emitter: str = "paper"  # paper (crossover + mutation) | gradient | mix (emitter_mix); a plug-in name
+    emitter_mix: str = ""  # emitter = mix: shares, e.g. "gradient:0.25,paper" (one entry may omit its share)
     crossover: str = "shared"  # shared: one point per generation (original); per_child
     mutation: str = "add"  # add: z[:, t] += v; replace: z[:, t] = v
     mutation_distribution: str = "normal"  # v ~ N(0,1) or U[0,1), times mutation_scale
@@ -67,9 +74,14 @@ class Config:
     sparseness_rule: str = "nearest"  # nearest (paper) or farthest (what the original code computes)
     k: int = 30  # neighbours in the sparseness
     reevaluate_container: bool = False  # re-decode + re-embed the container every generation (original)
+    # --- novelty archive (lvns_jax.archive) ---
+    archive: str = "none"  # none | threshold (sparseness > threshold enters) | random (archive_rate share)
+    archive_size: int = 1000  # most members held; when full the oldest are overwritten
+    archive_threshold: float = 0.0  # threshold archive: entry threshold; 0 = median initial sparseness
+    archive_rate: float = 0.0  # threshold: target insertions per generation / breed_size (0 = fixed); random: share
     # --- models ---
     rave: str = "untrained:v1"  # converted weights dir, or untrained:v1 | untrained:v2 | untrained:v2_small | toy
-    vggish: str = "untrained"  # converted weights dir, or untrained | toy
+    embedder: str = "untrained:vggish"  # converted weights dir (vggish or panns), or untrained:vggish | untrained:panns | toy
     noise: bool = True  # RAVE noise (latent completion + noise branch); false = deterministic decoder
     chunk_size: int = 32  # individuals per decode/embed batch inside the step (bounds memory)
     knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (about 2**26 distances per block)
@@ -175,13 +187,14 @@ def validate(cfg: Config) -> Config:
     need(cfg.knn_chunk >= 0, "knn_chunk", "must be >= 0 (0 = automatic)")
     _validate_scale_out(cfg, need)
     need(cfg.scan_length >= 1, "scan_length", "must be >= 1")
+    _validate_plugins(cfg)
     for key in ("checkpoint_every", "save_every", "audio_every"):
         need(getattr(cfg, key) >= 0, key, "must be >= 0 (0 = never)")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(cfg.audio_count >= 1, "audio_count", "must be >= 1")
-    if cfg.selection == "replace":
-        need(cfg.breed_size == cfg.container_size, "breed_size",
-             "selection = replace needs breed_size == container_size")
+    need(cfg.archive_size >= 1, "archive_size", "must be >= 1")
+    need(cfg.archive_threshold >= 0, "archive_threshold", "must be >= 0 (0 = median initial sparseness)")
+    need(0.0 <= cfg.archive_rate <= 1.0, "archive_rate", "must be in [0, 1]")
     if cfg.init == "dataset":
         need(bool(cfg.dataset_path), "dataset_path", "init = dataset needs a latent file (.npz/.npy/.h5)")
         need(os.path.isfile(cfg.dataset_path), "dataset_path", "file not found")
@@ -192,9 +205,9 @@ def validate(cfg: Config) -> Config:
                 f"lvns convert rave {cfg.rave} --out weights/NAME, then rave=weights/NAME")
         raise ConfigError(f"rave: weights directory {cfg.rave!r} not found; allowed: a directory made by "
                           f"`lvns convert rave`, or one of {', '.join(BUILTIN_RAVE)}")
-    if not _is_builtin(cfg.vggish, BUILTIN_VGGISH) and not os.path.isdir(cfg.vggish):
-        raise ConfigError(f"vggish: weights directory {cfg.vggish!r} not found; allowed: a directory made by "
-                          f"`lvns convert vggish`, or one of {', '.join(BUILTIN_VGGISH)}")
+    if cfg.embedder != "toy" and not cfg.embedder.startswith("untrained:") and not os.path.isdir(cfg.embedder):
+        raise ConfigError(f"embedder: weights directory {cfg.embedder!r} not found; allowed: a directory made by "
+                          f"`lvns convert vggish|panns`, toy, untrained:vggish or untrained:panns")
     return cfg
 
 
@@ -216,24 +229,42 @@ def _validate_gradient(cfg: Config, need) -> None:
 
 def _validate_scale_out(cfg: Config, need) -> None:
     """Keys of the incremental kNN and of the population sharding (issue 6)."""
-    if cfg.knn == "incremental":
-        need(cfg.sparseness_rule == "nearest", "sparseness_rule",
-             "knn = incremental keeps nearest-neighbour lists; it needs sparseness_rule = nearest "
-             "(use knn = brute for farthest)")
-        need(not cfg.reevaluate_container, "reevaluate_container",
-             "knn = incremental needs cached container embeddings (reevaluate_container = false; "
-             "use knn = brute to re-evaluate)")
     need(cfg.knn_width == 0 or cfg.knn_width >= cfg.k, "knn_width", f"must be 0 (= 2k) or >= k = {cfg.k}")
     need(0.0 <= cfg.knn_approx < 1.0, "knn_approx", "must be in [0, 1) (0 = exact)")
-    if cfg.knn_approx > 0:
-        need(cfg.knn == "brute", "knn", "knn_approx > 0 is a screen of the brute-force path; use knn = brute")
     need(cfg.devices >= 0, "devices", "must be >= 0 (0 = all devices)")
+
+
+def _validate_plugins(cfg: Config) -> None:
+    """The plug-in keys name registered plug-ins whose builders accept the config (each builder checks
+    its own keys; building these is cheap: no models)."""
+    from lvns_jax import assemble, plugins
+
+    for key, kind in PLUGIN_KEYS.items():
+        name = assemble.emitter_name(cfg) if key == "emitter" else getattr(cfg, key)
+        plugins.builder(kind, name, key)(cfg)
+
+
+def _legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Old keys (``vggish``) rewritten to their new names, with a one-line note each."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in LEGACY_KEYS:
+            new = LEGACY_KEYS[key](value)
+            import logging
+
+            logging.getLogger("lvns_jax").info("config: %s = %r is read as %s (the old key still works)", key, value,
+                                               ", ".join(f"{k} = {v!r}" for k, v in new.items()))
+            for k, v in new.items():
+                out.setdefault(k, v)
+        else:
+            out[key] = value
+    return out
 
 
 def from_dict(values: dict[str, Any], base: Config | None = None) -> Config:
     """Build and validate a Config from a flat ``{key: value}`` mapping over ``base`` (defaults)."""
     merged = dataclasses.asdict(base or Config())
-    for key, value in values.items():
+    for key, value in _legacy(values).items():
         _check_key(key)
         merged[key] = _coerce(key, value)
     return validate(Config(**merged))
@@ -247,9 +278,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key in LEGACY_KEYS:
+            out[key] = value.strip()
+            continue
         _check_key(key)
         out[key] = _coerce(key, value)
-    return out
+    return _legacy(out)
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -36,6 +36,22 @@ class LatentFile:
     meta: dict
 
 
+def _check_finite(source: str, items, indices=None) -> None:
+    """Refuse latents holding NaN/inf (they would decode to NaN audio and poison the novelty scores),
+    naming the file and the first bad item. ``items``: an (M, C, T') array or a list of (C, T) arrays
+    (file indices ``indices``)."""
+    if isinstance(items, np.ndarray):
+        ok = np.isfinite(items.reshape(items.shape[0], -1)).all(axis=1)
+        bad = np.flatnonzero(~ok)
+    else:
+        bad = [k for k, x in enumerate(items) if not np.isfinite(x).all()]
+    if len(bad):
+        where = [int(indices[k]) for k in bad] if indices is not None else [int(k) for k in bad]
+        first = min(where)
+        raise ConfigError(f"dataset_path: {source}: item {first} holds NaN or inf values ({len(where)} bad "
+                          f"item{'s' if len(where) > 1 else ''}); re-encode the audio or drop those items")
+
+
 def _array_file(path: str) -> LatentFile:
     meta: dict = {}
     try:
@@ -56,6 +72,7 @@ def _array_file(path: str) -> LatentFile:
     if arr.ndim != 3:
         raise ConfigError(f"dataset_path: latents must be (M, C, T'), got shape {arr.shape} in {path}")
     arr = np.asarray(arr, np.float32)
+    _check_finite(path, arr)
     meta = {k: (v.item() if v.ndim == 0 else v) for k, v in meta.items()}
     return LatentFile(path, arr.shape[0], arr.shape[1], lambda idx: [arr[int(i)] for i in idx], meta)
 
@@ -91,6 +108,7 @@ def _h5_file(path: str) -> LatentFile:
                 if d.ndim != 3:
                     raise ConfigError(f"dataset_path: {path}: dataset '{k}' has shape {d.shape}, expected (1, C, T')")
                 out.append(np.asarray(d[0], np.float32))
+        _check_finite(path, out, list(idx))
         return out
 
     return LatentFile(path, count, int(first[1]), read, meta)
@@ -129,6 +147,8 @@ def from_dataset(key: jax.Array, latents: "np.ndarray | LatentFile", size: int, 
     original's ``torch.randperm(M)[:size]``), each fitted with :func:`fit_frames`."""
     if not isinstance(latents, LatentFile):
         arr = np.asarray(latents, np.float32)
+        if arr.ndim == 3:
+            _check_finite(source, arr)
         latents = LatentFile(source, arr.shape[0], arr.shape[1], lambda idx: [arr[int(i)] for i in idx], {})
     m, c = latents.count, latents.channels
     if c != channels:
@@ -185,3 +205,19 @@ def init_container(key: jax.Array, init: str, size: int, channels: int, frames: 
         return from_dataset(key, open_latent_file(dataset_path), size, channels, frames, offset,
                             source=dataset_path)
     raise ConfigError(f"init: {init!r} is not one of uniform, normal, dataset")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerInit:
+    """How the initial container is made (the ``init`` keys), as a value: ``ContainerInit(...)(key)``."""
+
+    method: str
+    size: int
+    channels: int
+    frames: int
+    dataset_path: str = ""
+    offset: int = 0
+
+    def __call__(self, key: jax.Array) -> jax.Array:
+        return init_container(key, self.method, self.size, self.channels, self.frames, self.dataset_path,
+                              self.offset)

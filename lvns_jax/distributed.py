@@ -8,10 +8,9 @@ counters and model parameters are replicated. Inside the one jitted generation s
 
 * breeding runs under ``jit``'s automatic partitioning (its random draws are the same whatever the
   sharding: ``jax_threefry_partitionable``);
-* decoding and embedding run on each device's slice of the children (``shard_map``), in the same
-  ``chunk_size`` batches as on one device: chunk i of the population always gets the decoder noise
-  key ``fold_in(key, i)`` (identical to the one-device run when ``chunk_size`` divides
-  ``breed_size / devices``; otherwise each device pads its own last chunk and the noise draws differ);
+* decoding and embedding run on each device's slice of the children (``shard_map``) in
+  ``chunk_size`` batches; every individual's noise comes from its own identity key
+  (:mod:`lvns_jax.individuals`), so neither the device count nor ``chunk_size`` changes a draw;
 * sparseness is computed over the global pool: each device all-gathers the embeddings (small:
   (N+B) x 128 floats) and computes the kNN of its own rows; distances are exact and
   shape-independent (:func:`lvns_jax.novelty.exact_sq_dist`), so every member's sparseness is the
@@ -69,15 +68,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lvns_jax import novelty
-from lvns_jax.models import num_chunks
 from lvns_jax.errors import ConfigError
 
 log = logging.getLogger("lvns_jax")
 
 AXIS = "pop"
-
-# State fields split along the individual axis; everything else is replicated.
-SHARDED_FIELDS = ("latents", "embeddings", "sparseness", "born")
 
 _initialized = False
 
@@ -125,9 +120,9 @@ def to_host(x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- mesh
-def device_count(cfg) -> int:
+def device_count(cfg, available: int | None = None) -> int:
     """Shards of the population axis for ``cfg`` (see the module doc); ConfigError if impossible."""
-    avail = jax.device_count()
+    avail = jax.device_count() if available is None else available
     n, b = cfg.container_size, cfg.breed_size
     if cfg.devices == 0:
         g = math.gcd(n, b)
@@ -139,22 +134,11 @@ def device_count(cfg) -> int:
     return cfg.devices
 
 
-def is_sharded(cfg) -> bool:
-    return device_count(cfg) > 1
-
-
-@functools.lru_cache(maxsize=None)
-def _mesh(d: int) -> Mesh:
-    return Mesh(np.asarray(jax.devices()[:d]), (AXIS,))
-
-
-def mesh(cfg) -> Mesh:
-    """The 1-D population mesh for ``cfg`` (its first ``device_count(cfg)`` devices)."""
-    return _mesh(device_count(cfg))
-
-
-def _spec(name: str) -> P:
-    return P(AXIS) if name in SHARDED_FIELDS else P()
+def make_mesh(cfg, devices=None) -> Mesh | None:
+    """The 1-D population mesh for ``cfg`` over ``devices`` (default: the running devices); None for one."""
+    devices = list(jax.devices() if devices is None else devices)
+    d = device_count(cfg, len(devices))
+    return None if d == 1 else Mesh(np.asarray(devices[:d]), (AXIS,))
 
 
 def _put(x, sharding):
@@ -169,83 +153,65 @@ def _put(x, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
 
 
-def _map_state(state, fn):
-    """Apply ``fn(array, PartitionSpec)`` to the state's arrays, its kNN lists and model parameters."""
-    changes = {f: fn(getattr(state, f), _spec(f)) for f in state.EVOLUTION_FIELDS}
-    if getattr(state, "knn", None) is not None:
-        knn = state.knn
-        changes["knn"] = knn.replace(d2=fn(knn.d2, P(AXIS)), idx=fn(knn.idx, P(AXIS)),
-                                     recomputed=fn(knn.recomputed, P()))
-    models = state.models
-    changes["models"] = models.replace(
-        decoder_params=jax.tree_util.tree_map(lambda a: fn(a, P()), models.decoder_params),
-        embedder_params=jax.tree_util.tree_map(lambda a: fn(a, P()), models.embedder_params))
-    return state.replace(**changes)
+def _map(tree, fn, split: bool):
+    """``fn(array, spec)`` over a pytree's arrays: split along the individual axis or replicated."""
+    spec = P(AXIS) if split else P()
+    return jax.tree_util.tree_map(lambda a: fn(a, spec if getattr(a, "ndim", 0) else P()), tree)
 
 
-def place(state):
-    """Put a state on its config's mesh (host code, after init or restore); unchanged on 1 device."""
-    if not is_sharded(state.config):
-        return state
-    m = mesh(state.config)
-    return _map_state(state, lambda a, spec: _put(a, NamedSharding(m, spec)))
+def _map_state(state, models, fn):
+    changes = {f: _map(getattr(state, f), fn, f in state.SHARDED_FIELDS) for f in state.FIELDS}
+    for f in ("knn", "archive"):  # per-row arrays split, scalars replicated
+        if getattr(state, f, None) is not None:
+            changes[f] = _map(getattr(state, f), fn, True)
+    state = state.replace(**changes)
+    if models is not None:
+        models = _map(models, fn, False)
+    return state, models
 
 
-def constrain(state):
+def place(state, mesh: Mesh | None, models=None):
+    """Put a state (and models' parameters) on ``mesh`` (host code, after init or restore)."""
+    if mesh is None:
+        return state if models is None else (state, models)
+    out = _map_state(state, models, lambda a, spec: _put(a, NamedSharding(mesh, spec)))
+    return out[0] if models is None else out
+
+
+def place_models(models, mesh: Mesh | None):
+    if mesh is None:
+        return models
+    return _map(models, lambda a, spec: _put(a, NamedSharding(mesh, spec)), False)
+
+
+def constrain(state, mesh: Mesh | None):
     """Inside jit: keep the state's shardings from one generation to the next."""
-    if not is_sharded(state.config):
+    if mesh is None:
         return state
-    m = mesh(state.config)
-    return _map_state(state, lambda a, spec: jax.lax.with_sharding_constraint(a, NamedSharding(m, spec)))
+    return _map_state(state, None, lambda a, spec: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec)))[0]
 
 
-# ----------------------------------------------------------------------------- stages
-def evaluate(cfg, models, latents: jax.Array, key: jax.Array, evaluate_fn) -> tuple[jax.Array, jax.Array]:
-    """``evaluate_fn`` (:func:`lvns_jax.search.evaluate`) on each device's slice of ``latents``.
-
-    Chunk i of the whole population keeps the noise key ``fold_in(key, i)`` of the one-device run.
-    """
-    if not is_sharded(cfg):
-        return evaluate_fn(models, latents, key, cfg.chunk_size)
-    m = mesh(cfg)
-    local = latents.shape[0] // m.size
-    n_local = num_chunks(local, cfg.chunk_size)
-
-    def body(models, z, key):
-        first = jax.lax.axis_index(AXIS) * n_local
-        return evaluate_fn(models, z, key, cfg.chunk_size, first_chunk=first)
-
-    return jax.shard_map(body, mesh=m, in_specs=(P(), P(AXIS), P()), out_specs=(P(AXIS), P(AXIS)),
-                         check_vma=False)(models, latents, key)
+def split_rows(x, mesh: Mesh | None):
+    """Inside jit: ``x``'s leading axis split over the mesh (no-op without one)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(AXIS)))
 
 
-def evaluate_initial(cfg, models, latents: jax.Array, key: jax.Array, evaluate_fn):
-    """The initial container's evaluation (host code): sharded like the step's when several devices."""
-    if not is_sharded(cfg):
-        return jax.jit(evaluate_fn, static_argnums=3)(models, latents, key, cfg.chunk_size)
-    m = mesh(cfg)
-    latents = _put(latents, NamedSharding(m, P(AXIS)))
-    key = _put(key, NamedSharding(m, P()))
-    models = models.replace(
-        decoder_params=jax.tree_util.tree_map(lambda a: _put(a, NamedSharding(m, P())), models.decoder_params),
-        embedder_params=jax.tree_util.tree_map(lambda a: _put(a, NamedSharding(m, P())), models.embedder_params))
-    return jax.jit(lambda mo, z, k: evaluate(cfg, mo, z, k, evaluate_fn))(models, latents, key)
-
-
-def sparseness(cfg, cont_emb: jax.Array, child_emb: jax.Array) -> jax.Array:
-    """Brute-force sparseness of the pool ``container + children`` (P,), rows split over devices.
+# ----------------------------------------------------------------------------- kNN
+def pool_lists(mesh: Mesh | None, cont_emb: jax.Array, child_emb: jax.Array, k: int, rule: str,
+               chunk: int | None, approx: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Brute-force k-neighbour lists (P, k) of the pool ``container + children`` and its validity (P,),
+    rows split over the mesh's devices.
 
     Each device all-gathers both embedding arrays and computes its own container rows and its own
-    children rows against the whole pool. Bit-identical to ``novelty.sparseness`` of the pool.
+    children rows against the whole pool. Bit-identical to ``novelty.knn_lists`` of the pool.
     """
-    k, rule, approx = cfg.k, cfg.sparseness_rule, cfg.knn_approx
     n, b = cont_emb.shape[0], child_emb.shape[0]
-    if not is_sharded(cfg):
-        return novelty.sparseness(jnp.concatenate([cont_emb, child_emb]), k, rule, cfg.knn_chunk or None,
-                                  approx=approx)
-    m = mesh(cfg)
-    nl, bl = n // m.size, b // m.size
-    chunk = cfg.knn_chunk or novelty.auto_chunk(n + b)
+    if mesh is None:
+        return novelty.knn_lists(jnp.concatenate([cont_emb, child_emb]), k, rule, chunk, approx=approx)
+    nl, bl = n // mesh.size, b // mesh.size
+    c = chunk or novelty.auto_chunk(n + b)
 
     def body(cont_l, child_l):
         pool_raw = jnp.concatenate([jax.lax.all_gather(cont_l, AXIS, tiled=True),
@@ -253,11 +219,11 @@ def sparseness(cfg, cont_emb: jax.Array, child_emb: jax.Array) -> jax.Array:
         pool, pool_sq, ok = novelty.prepare(pool_raw)
         dev = jax.lax.axis_index(AXIS)
         ids = jnp.concatenate([dev * nl + jnp.arange(nl), n + dev * bl + jnp.arange(bl)]).astype(jnp.int32)
-        block = functools.partial(novelty._block_sparseness, pool=pool, pool_sq=pool_sq, valid=ok, k=k,
-                                  rule=rule, approx=approx)
-        out = jnp.where(ok[ids], novelty.rows_map(block, pool[ids], ids, chunk), -jnp.inf)
-        return out[:nl], out[nl:]
+        block = functools.partial(novelty.block_knn, pool=pool, pool_sq=pool_sq, valid=ok, k=k, rule=rule,
+                                  approx=approx)
+        picked, _ = novelty.rows_map(block, pool[ids], ids, c)
+        return picked[:nl], picked[nl:], ok[ids][:nl], ok[ids][nl:]
 
-    sp_c, sp_b = jax.shard_map(body, mesh=m, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS), P(AXIS)),
-                               check_vma=False)(cont_emb, child_emb)
-    return jnp.concatenate([sp_c, sp_b])
+    lc, lb, oc, ob = jax.shard_map(body, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS),) * 4,
+                                   check_vma=False)(cont_emb, child_emb)
+    return jnp.concatenate([lc, lb]), jnp.concatenate([oc, ob])

@@ -85,7 +85,7 @@ def mean_sqrt(picked: jax.Array) -> jax.Array:
 
 
 def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax.Array, valid: jax.Array,
-              k: int, rule: str, approx: float = 0.0) -> tuple[jax.Array, jax.Array]:
+              k: int, rule: str, approx: float = 0.0, exclude: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The k neighbours of ``rows`` (c, D) in ``pool`` (P, D); ``row_ids`` are their pool indices.
 
     Returns squared distances (c, k) sorted (ascending for ``nearest``, descending for ``farthest``)
@@ -95,7 +95,8 @@ def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
     Two stages: a matmul screen ranks all P columns and keeps :func:`screen_width` candidates
     (``approx`` > 0: ``lax.approx_min_k``/``approx_max_k`` with that recall target), then the
     candidates' distances are recomputed exactly (:func:`exact_sq_dist`) and the k best kept. The
-    result is a function of the embeddings only, not of the block shape.
+    result is a function of the embeddings only, not of the block shape. ``exclude``: optional
+    (c, P) mask of pairs that are never neighbours (an archive's copy of the row itself).
     """
     rows_sq = jnp.sum(rows * rows, axis=-1)
     cross = jnp.matmul(rows, pool.T, precision=jax.lax.Precision.HIGHEST)
@@ -110,6 +111,8 @@ def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
         scores = jnp.where(valid[None, :], d2, -jnp.inf)
     else:
         raise ValueError(f"sparseness rule must be one of {RULES}, got {rule!r}")
+    if exclude is not None:
+        scores = jnp.where(exclude, -jnp.inf, scores)
     if approx > 0:
         cand_score, cand = jax.lax.approx_max_k(scores, m, recall_target=approx)
     else:
@@ -123,6 +126,15 @@ def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
         picked, pos = jax.lax.top_k(jnp.where(ok, exact, -jnp.inf), k)
     idx = jnp.take_along_axis(cand, pos, axis=-1).astype(jnp.int32)
     return picked, jnp.where(jnp.isfinite(picked), idx, -1)
+
+
+def merge_lists(a: jax.Array, b: jax.Array, k: int, rule: str) -> jax.Array:
+    """The k best of two sorted squared-distance lists (..., ka) and (..., kb): ascending for ``nearest``
+    (+inf = none), descending for ``farthest`` (-inf = none). Ties keep ``a``'s entries first."""
+    both = jnp.concatenate([a, b], axis=-1)
+    if rule == "nearest":
+        return -jax.lax.top_k(-both, k)[0]
+    return jax.lax.top_k(both, k)[0]
 
 
 def _block_sparseness(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax.Array,
@@ -154,16 +166,10 @@ def rows_map(fn, rows: jax.Array, row_ids: jax.Array, chunk: int):
     return jax.tree_util.tree_map(lambda o: o.reshape(n_blocks * c, *o.shape[2:])[:r], out)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "rule", "chunk", "approx"))
-def sparseness(embeddings: jax.Array, k: int, rule: str = "nearest", chunk: int | None = None,
-               valid: jax.Array | None = None, approx: float = 0.0) -> jax.Array:
-    """Sparseness of every row of ``embeddings`` (P, D) within the set of rows; returns (P,) float32.
-
-    ``chunk``: rows per block (None: automatic). ``valid``: optional (P,) bool mask; invalid rows are
-    excluded as neighbours and get ``-inf``. Non-finite embeddings are treated as invalid.
-    ``approx``: 0 (default) = exact; in (0, 1) = recall target of an approximate screen
-    (``lax.approx_max_k``, fast on TPU; exact fallback elsewhere).
-    """
+def knn_lists(embeddings: jax.Array, k: int, rule: str = "nearest", chunk: int | None = None,
+              valid: jax.Array | None = None, approx: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Each row's k neighbours' squared distances (P, k) (sorted as :func:`block_knn`) and the (P,)
+    validity mask; :func:`sparseness` is ``mean_sqrt`` of them (``-inf`` where invalid)."""
     emb = jnp.asarray(embeddings, jnp.float32)
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be (P, D), got shape {emb.shape}")
@@ -175,7 +181,20 @@ def sparseness(embeddings: jax.Array, k: int, rule: str = "nearest", chunk: int 
         raise ValueError(f"k must be in [1, {max_k}] for {p} members and rule {rule!r}, got {k}")
     emb, pool_sq, ok = prepare(emb, valid)
     c = auto_chunk(p) if chunk is None else int(max(1, min(chunk, p)))
-    block = functools.partial(_block_sparseness, pool=emb, pool_sq=pool_sq, valid=ok, k=k, rule=rule,
-                              approx=approx)
-    out = rows_map(block, emb, jnp.arange(p, dtype=jnp.int32), c)
-    return jnp.where(ok, out, -jnp.inf)
+    block = functools.partial(block_knn, pool=emb, pool_sq=pool_sq, valid=ok, k=k, rule=rule, approx=approx)
+    picked, _ = rows_map(block, emb, jnp.arange(p, dtype=jnp.int32), c)
+    return picked, ok
+
+
+@functools.partial(jax.jit, static_argnames=("k", "rule", "chunk", "approx"))
+def sparseness(embeddings: jax.Array, k: int, rule: str = "nearest", chunk: int | None = None,
+               valid: jax.Array | None = None, approx: float = 0.0) -> jax.Array:
+    """Sparseness of every row of ``embeddings`` (P, D) within the set of rows; returns (P,) float32.
+
+    ``chunk``: rows per block (None: automatic). ``valid``: optional (P,) bool mask; invalid rows are
+    excluded as neighbours and get ``-inf``. Non-finite embeddings are treated as invalid.
+    ``approx``: 0 (default) = exact; in (0, 1) = recall target of an approximate screen
+    (``lax.approx_max_k``, fast on TPU; exact fallback elsewhere).
+    """
+    picked, ok = knn_lists(embeddings, k, rule, chunk, valid, approx)
+    return jnp.where(ok, mean_sqrt(picked), -jnp.inf)

@@ -1,13 +1,19 @@
 """Survival: which pool members form the next container.
 
 The pool is ``container + children`` (indices ``[0, N)`` are the container, ``[N, N+B)`` children).
-All functions return (N,) int32 pool indices and are jit-able.
+All functions return (N,) int32 pool indices and are jit-able. Selector plug-ins (``selection``
+config key): ``novelty``, ``random``, ``replace``; each has ``select(key, sparseness, n)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+from lvns_jax import plugins
+from lvns_jax.errors import ConfigError
 
 
 def most_sparse(sparseness: jax.Array, n: int) -> jax.Array:
@@ -40,12 +46,43 @@ def children_only(container_size: int, breed_size: int) -> jax.Array:
     return jnp.arange(container_size, container_size + breed_size, dtype=jnp.int32)
 
 
-def select(method: str, key: jax.Array, sparseness: jax.Array, container_size: int) -> jax.Array:
-    """Dispatch on the configured ``selection`` method."""
-    if method == "novelty":
-        return most_sparse(sparseness, container_size)
-    if method == "random":
-        return uniform_random(key, sparseness, container_size)
-    if method == "replace":
-        return children_only(container_size, sparseness.shape[0] - container_size)
-    raise ValueError(f"selection must be novelty, random or replace, got {method!r}")
+@dataclasses.dataclass(frozen=True)
+class Novelty:
+    """Keep the N most sparse of the pool (the paper)."""
+
+    def select(self, key: jax.Array, sparseness: jax.Array, n: int) -> jax.Array:
+        return most_sparse(sparseness, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Random:
+    """Control: N pool members uniformly at random."""
+
+    def select(self, key: jax.Array, sparseness: jax.Array, n: int) -> jax.Array:
+        return uniform_random(key, sparseness, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Replace:
+    """The original's ``replace``: the children become the container (breed_size == container_size)."""
+
+    def select(self, key: jax.Array, sparseness: jax.Array, n: int) -> jax.Array:
+        return children_only(n, sparseness.shape[0] - n)
+
+
+@plugins.register("selector", "novelty")
+def build_novelty(cfg):
+    return Novelty()
+
+
+@plugins.register("selector", "random")
+def build_random(cfg):
+    return Random()
+
+
+@plugins.register("selector", "replace")
+def build_replace(cfg):
+    if cfg.breed_size != cfg.container_size:
+        raise ConfigError(f"breed_size: selection = replace needs breed_size == container_size "
+                          f"(got {cfg.breed_size!r})")
+    return Replace()

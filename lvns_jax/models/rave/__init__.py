@@ -1,6 +1,6 @@
 """RAVE decoders in Flax (v1 and the v2 family), the .ts converter and loaders.
 
-    from lvns_jax import rave
+    from lvns_jax.models import rave
     dec = rave.load("weights/vintage")        # converted with `lvns convert rave vintage.ts --out ...`
     dec = rave.untrained("v1", seed=0)        # real-size, random init (logs a warning)
     audio = dec.decode(z, key)                # z (B, latent_size, T) -> (B, T * hop) float32

@@ -15,31 +15,32 @@ the spirit of QDax's gradient-informed variation operators (PGA-ME, OMG-MEGA).
   ``farthest`` rule), with the neighbour indices chosen on stopped distances. Its value is exactly
   the kNN sparseness against the container; only the choice of neighbours is not differentiated.
   The penalty keeps latents within ``prior_bound`` standard deviations of RAVE's N(0, 1) prior.
-* Decoder noise (``noise = true``) uses a fresh key per optimiser step (and per chunk).
+* Decoder noise (``noise = true``) uses a fresh key per optimiser step, derived from the child's
+  identity key (``GRADIENT`` stream): chunking and sharding change nothing.
 * NaN gradients (e.g. from an unstable decoder) are zeroed by ``optax.zero_nans``.
 * The objective embeds with ``models.embed_grad`` when set (VGGish: its float32 front end, since the
   float64 island of the exact front end is not differentiable); selection keeps using ``embed``.
 
-Modes (:func:`num_gradient_children`): ``mutation = "gradient"``: every child is a gradient child;
-``mutation = "add" | "replace"`` with ``gradient_fraction`` in (0, 1]: the first
-``round(gradient_fraction * breed_size)`` children are gradient children, the others are the paper's
-children, bit-identical to a run without gradient mutation (same keys).
+Plug-in: ``emitter = "gradient"`` (or the legacy ``mutation = "gradient"``) makes every child a
+gradient child; in a mix (``emitter = "mix"``, ``emitter_mix = "gradient:0.5,paper"``, or the legacy
+``gradient_fraction``) the gradient children take the first slots and the paper's children the
+others, bit-identical to a run without gradient mutation (same parents, same identity keys).
 
 Everything is pure and runs inside the jitted generation step (:func:`lvns_jax.search.step`).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from lvns_jax import operators
-from lvns_jax.config import Config
-from lvns_jax.models import Models, merge_chunks, split_chunks
+from lvns_jax import individuals, plugins
+from lvns_jax.emitters import EmitContext, Evaluated
+from lvns_jax.emitters import paper as paper_emitter
 
 OPTIMIZERS = ("adam", "sgd")
 _EPS = 1e-12  # distances below sqrt(_EPS) have zero gradient (a child equal to a container member)
@@ -52,22 +53,6 @@ class GradientInfo:
     start_sparseness: jax.Array  # (G,) surrogate sparseness of the starting point
     last_sparseness: jax.Array  # (G,) surrogate sparseness before the last optimiser step
     grad_norm: jax.Array  # (G,) L2 norm of the objective's gradient w.r.t. the latent, mean over steps
-
-
-def num_gradient_children(cfg: Config) -> int:
-    """How many of the ``breed_size`` children are made by gradient steps."""
-    if cfg.mutation == "gradient":
-        return cfg.breed_size
-    return int(math.floor(cfg.gradient_fraction * cfg.breed_size + 0.5))
-
-
-def enabled(cfg: Config) -> bool:
-    return num_gradient_children(cfg) > 0
-
-
-def paper_mutation(cfg: Config) -> str:
-    """Mutation method for the paper's operator (``add`` when every child is a gradient child)."""
-    return "add" if cfg.mutation == "gradient" else cfg.mutation
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -113,22 +98,27 @@ def prior_penalty(z: jax.Array, bound: float) -> jax.Array:
     return jnp.mean(excess * excess, axis=tuple(range(1, z.ndim)))
 
 
-def improve(key: jax.Array, models: Models, latents: jax.Array, container_emb: jax.Array, *,
+def improve(keys: jax.Array, models, latents: jax.Array, container_emb: jax.Array, *,
             steps: int, learning_rate: float, optimizer: str = "adam", k: int, rule: str = "nearest",
             prior_weight: float = 0.0, prior_bound: float = 3.0,
             chunk_size: int = 32) -> tuple[jax.Array, GradientInfo]:
     """Take ``steps`` optimiser steps on each of ``latents`` (G, C, T), maximising its surrogate
-    sparseness against ``container_emb`` minus the prior penalty. Children are processed in chunks
-    of ``chunk_size`` (each child's objective depends on its own latent only, so chunking changes
-    nothing but memory). Returns the new latents and a :class:`GradientInfo`.
+    sparseness against ``container_emb`` minus the prior penalty.
+
+    ``keys``: (G,) per-child keys (their ``GRADIENT`` streams), or one key (child i then uses
+    ``fold_in(key, i)``). Step ``s`` of child ``i`` decodes with ``fold_in(keys[i], s)``. Children are
+    processed in chunks of ``chunk_size`` (:func:`lvns_jax.individuals.map_individuals`); each
+    child's objective depends on its own latent and key only, so chunking changes nothing but memory.
+    Returns the new latents and a :class:`GradientInfo`.
     """
     g = latents.shape[0]
-    z_all = split_chunks(latents, chunk_size)  # the same batches as search.evaluate
+    if jnp.ndim(keys) == 0:
+        keys = jax.vmap(lambda i: jax.random.fold_in(keys, i))(jnp.arange(g))
     tx = make_optimizer(optimizer, learning_rate)
     k = min(k, container_emb.shape[0])
 
-    def objective(z, step_key):
-        audio = models.decode(models.decoder_params, z, step_key)
+    def objective(z, step_keys):
+        audio = individuals.decode_each(models, z, step_keys)
         emb = (models.embed_grad or models.embed)(models.embedder_params, audio).astype(jnp.float32)
         sp = surrogate_sparseness(emb, container_emb, k, rule)
         gain = sp - prior_weight * prior_penalty(z, prior_bound) if prior_weight else sp
@@ -136,66 +126,70 @@ def improve(key: jax.Array, models: Models, latents: jax.Array, container_emb: j
 
     value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
-    def one_chunk(args):
-        i, z0 = args
-
+    def one_chunk(z0, ckeys):
         def body(carry, s):
             z, opt_state = carry
-            step_key = jax.random.fold_in(jax.random.fold_in(key, s), i)
-            (_, sp), grad = value_and_grad(z, step_key)
+            step_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, s))(ckeys)
+            (_, sp), grad = value_and_grad(z, step_keys)
             updates, opt_state = tx.update(grad, opt_state, z)
             norm = jnp.sqrt(jnp.sum(jnp.where(jnp.isfinite(grad), grad, 0.0) ** 2, axis=(1, 2)))
             return (optax.apply_updates(z, updates), opt_state), (sp, norm)
 
         (z, _), (sp, norm) = jax.lax.scan(body, (z0, tx.init(z0)), jnp.arange(steps))
-        return z, sp[0], sp[-1], jnp.mean(norm, axis=0)
+        return z, GradientInfo(sp[0], sp[-1], jnp.mean(norm, axis=0))
 
-    z, sp0, sp_last, norm = jax.lax.map(one_chunk, (jnp.arange(z_all.shape[0]), z_all))
-    return merge_chunks(z, g), GradientInfo(merge_chunks(sp0, g), merge_chunks(sp_last, g), merge_chunks(norm, g))
-
-
-def apply(cfg: Config, models: Models, key: jax.Array, container: jax.Array, container_emb: jax.Array,
-          children: jax.Array, breeding: operators.Breeding) -> tuple[jax.Array, GradientInfo]:
-    """Replace the first :func:`num_gradient_children` children by gradient children started from
-    their crossover (same parents and crossover point as ``breeding``, no random mutation)."""
-    g = num_gradient_children(cfg)
-    start = operators.crossover(container[breeding.first_parent[:g]], container[breeding.second_parent[:g]],
-                                breeding.crossover_point[:g])
-    improved, info = improve(
-        key, models, start, container_emb, steps=cfg.gradient_steps, learning_rate=cfg.gradient_lr,
-        optimizer=cfg.gradient_optimizer, k=cfg.k, rule=cfg.sparseness_rule,
-        prior_weight=cfg.gradient_prior_weight, prior_bound=cfg.gradient_prior_bound,
-        chunk_size=cfg.chunk_size)
-    return jnp.concatenate([improved, children[g:]]), info
+    return individuals.map_individuals(one_chunk, (latents, keys), chunk_size)
 
 
-def step_metrics(cfg: Config, info: GradientInfo, child_emb: jax.Array, child_ok: jax.Array,
-                 container_emb: jax.Array, child_sparseness: jax.Array) -> dict[str, jax.Array]:
-    """Per-generation scalars (logged to TensorBoard under ``gradient/``).
+@dataclasses.dataclass(frozen=True)
+class GradientEmitter:
+    """Crossover (the paper's parents and point for the same slots, no random mutation), then
+    :func:`improve`."""
 
-    * ``gradient_norm``: mean gradient norm (per child, mean over steps);
-    * ``gradient_start_sparseness`` / ``gradient_end_sparseness``: mean sparseness of the gradient
-      children against the container before / after the steps (end: the evaluated children);
-      ``gradient_gain`` = end - start, the gain over their starting points;
-    * ``gradient_children_sparseness``: their mean sparseness in the pool (what selection sees);
-      in mixed mode also ``gradient_random_children_sparseness`` (the paper's children of the same
-      generation) and ``gradient_gain_vs_random`` = gradient - random.
-    """
-    g = num_gradient_children(cfg)
-    ok = child_ok[:g]
-    end = surrogate_sparseness(child_emb[:g], container_emb, min(cfg.k, container_emb.shape[0]),
-                               cfg.sparseness_rule)
-    end = jnp.where(ok, end, jnp.nan)
-    grad_sp = jnp.nanmean(child_sparseness[:g])
-    out = {
-        "gradient_norm": jnp.nanmean(info.grad_norm),
-        "gradient_start_sparseness": jnp.nanmean(info.start_sparseness),
-        "gradient_end_sparseness": jnp.nanmean(end),
-        "gradient_gain": jnp.nanmean(end - info.start_sparseness),
-        "gradient_children_sparseness": grad_sp,
-    }
-    if g < cfg.breed_size:
-        rand_sp = jnp.nanmean(child_sparseness[g:])
-        out["gradient_random_children_sparseness"] = rand_sp
-        out["gradient_gain_vs_random"] = grad_sp - rand_sp
-    return out
+    steps: int = 5
+    learning_rate: float = 0.05
+    optimizer: str = "adam"
+    k: int = 30
+    rule: str = "nearest"
+    prior_weight: float = 1.0
+    prior_bound: float = 3.0
+    per_child_crossover: bool = False
+
+    def emit(self, ctx: EmitContext, start: int, count: int):
+        start_z, points = paper_emitter.crossed(ctx, start, count, self.per_child_crossover)
+        keys = individuals.stream(ctx.child_keys[start:start + count], individuals.GRADIENT)
+        z, info = improve(keys, ctx.models, start_z, ctx.embeddings, steps=self.steps,
+                          learning_rate=self.learning_rate, optimizer=self.optimizer, k=self.k, rule=self.rule,
+                          prior_weight=self.prior_weight, prior_bound=self.prior_bound, chunk_size=ctx.chunk_size)
+        return z, {"info": info, "crossover_point": points[0]}
+
+    def report(self, extra, ev: Evaluated, start: int, count: int) -> dict:
+        """``gradient_norm`` (mean gradient norm per child, mean over steps);
+        ``gradient_start_sparseness`` / ``gradient_end_sparseness`` (mean sparseness of the gradient
+        children against the container before / after the steps; end: the evaluated children);
+        ``gradient_gain`` = end - start; ``gradient_children_sparseness``: their mean sparseness in the
+        pool (what selection sees)."""
+        info = extra["info"]
+        sl = slice(start, start + count)
+        cont = ev.container_embeddings
+        end = surrogate_sparseness(ev.embeddings[sl], cont, min(self.k, cont.shape[0]), self.rule)
+        end = jnp.where(ev.ok[sl], end, jnp.nan)
+        return {
+            "gradient_norm": jnp.nanmean(info.grad_norm),
+            "gradient_start_sparseness": jnp.nanmean(info.start_sparseness),
+            "gradient_end_sparseness": jnp.nanmean(end),
+            "gradient_gain": jnp.nanmean(end - info.start_sparseness),
+            "gradient_children_sparseness": jnp.nanmean(ev.sparseness[sl]),
+            "crossover_point": extra["crossover_point"],
+        }
+
+
+def from_config(cfg) -> GradientEmitter:
+    return GradientEmitter(steps=cfg.gradient_steps, learning_rate=cfg.gradient_lr, optimizer=cfg.gradient_optimizer,
+                           k=cfg.k, rule=cfg.sparseness_rule, prior_weight=cfg.gradient_prior_weight,
+                           prior_bound=cfg.gradient_prior_bound, per_child_crossover=cfg.crossover == "per_child")
+
+
+@plugins.register("emitter", "gradient")
+def build(cfg):
+    return from_config(cfg)

@@ -1,0 +1,84 @@
+"""Embedders (audio -> vectors): the ``embedder`` config key picks one.
+
+* ``embedder = "toy"``: the toy embedder (:mod:`lvns_jax.models.toy`; NOT an audio model, for tests);
+* ``embedder = "untrained:vggish"`` (default) / ``"untrained:panns"``: VGGish / PANNs CNN14 with
+  random weights (UNTRAINED);
+* ``embedder = DIR``: weights converted by ``lvns convert vggish`` or ``lvns convert panns``
+  (the directory's meta.json names the architecture).
+
+The legacy key ``vggish = untrained | toy | DIR`` is read as ``embedder`` (with a note).
+A builder ``build(cfg, spec, sample_rate, clip_samples) -> Embedder`` is registered under a name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+from flax import struct
+
+from lvns_jax import plugins
+from lvns_jax.errors import ConfigError
+
+# meta.json "kind" (or "architecture") of converted weights -> embedder plug-in
+ARCHITECTURES = {"vggish": "vggish", "panns": "panns", "panns_cnn14": "panns"}
+
+
+@struct.dataclass
+class Embedder:
+    params: Any
+    embed: Callable = struct.field(pytree_node=False)  # embed(params, audio (b, S)) -> (b, D)
+    description: str = struct.field(pytree_node=False)
+    trained: bool = struct.field(pytree_node=False)
+    # differentiable variant (same values up to float32 rounding) for the gradient emitter; None: embed
+    embed_grad: Callable | None = struct.field(pytree_node=False, default=None)
+
+
+def name_of(spec: str) -> tuple[str, str]:
+    """``(plug-in name, weights: "untrained" or a directory)`` of an ``embedder`` spec."""
+    if spec in plugins.names("embedder"):
+        return spec, "untrained"
+    if spec.startswith("untrained:"):
+        name = spec.split(":", 1)[1]
+        plugins.builder("embedder", name, "embedder")
+        return name, "untrained"
+    meta = os.path.join(spec, "meta.json")
+    if not os.path.isfile(meta):
+        raise ConfigError(f"embedder: weights directory {spec!r} not found (no meta.json); allowed: a directory "
+                          f"made by `lvns convert vggish|panns`, toy, or untrained:NAME with NAME one of "
+                          f"{', '.join(n for n in plugins.names('embedder') if n != 'toy')}")
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"embedder: {meta} is unreadable ({e})") from None
+    arch = m.get("kind") if m.get("kind") in ARCHITECTURES else m.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"embedder: {spec!r} holds {arch!r} weights, not an embedder "
+                          f"({', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch], spec
+
+
+@plugins.register("embedder", "toy")
+def build_toy(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+    from lvns_jax.models import toy
+
+    return Embedder(toy.embedder_params(), toy.embed, "TOY embedder (not VGGish, for tests)", False)
+
+
+@plugins.register("embedder", "vggish")
+def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+    from lvns_jax.models import vggish
+    from lvns_jax.models.vggish import model as vggish_model
+    from lvns_jax.models.vggish.frontend import num_examples
+
+    if num_examples(clip_samples, sample_rate) < 1:
+        raise ConfigError(f"latent_frames: {clip_samples} samples at {sample_rate} Hz is shorter than one "
+                          f"0.96 s VGGish example; use more latent_frames")
+    model = vggish.untrained(seed=0) if weights == "untrained" else vggish.load(weights)
+
+    def embed_grad(params, audio):  # the float64 front-end island is not differentiable: float32 front end
+        return vggish_model.embed(params, audio, sample_rate, high_precision=False)
+
+    return Embedder(model.params, model.pure_embed(sample_rate), model.description, model.trained, embed_grad)
