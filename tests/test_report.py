@@ -155,6 +155,15 @@ def test_build_data_of_a_synthetic_run(tmp_path):
     assert data["audio_mode"] == "relative"
 
 
+def test_k_is_the_runs_k_capped(tmp_path):
+    run = fake_run(str(tmp_path / "k30"), n=40, gens=(0,), k=30, seconds=0.01)
+    data = report.build_data(run, os.path.join(run, "report.html"))
+    assert data["k"] == report.KNN_CAP == 10 and data["k_config"] == 30
+    assert np.asarray(data["generations"][0]["knn"]).shape == (40, 10)
+    small = fake_run(str(tmp_path / "k30small"), n=6, gens=(0,), k=30, seconds=0.01)
+    assert np.asarray(report.build_data(small, "x.html")["generations"][0]["knn"]).shape == (6, 5)
+
+
 def test_audio_paths_relative_to_another_out_folder_and_embedded(tmp_path):
     run = fake_run(str(tmp_path / "runs" / "my run"), gens=(0,), n=5, seconds=0.05)
     out = str(tmp_path / "pages" / "r.html")
@@ -185,8 +194,14 @@ def test_page_is_self_contained_and_escapes_the_data(tmp_path):
     assert "<title>LVNS report: r&lt;b&gt;&amp;</title>" in html
 
 
-def test_large_container_is_subsampled(tmp_path):
-    run = fake_run(str(tmp_path / "big"), n=5000, d=8, gens=(0, 5), seconds=0.002, born=False)
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory):
+    """A container of 5,000 (one saved generation, 5): more than the page draws."""
+    return fake_run(str(tmp_path_factory.mktemp("big") / "big"), n=5000, d=8, gens=(5,), seconds=0.002, born=False)
+
+
+def test_large_container_is_subsampled(big_run):
+    run = big_run
     t0 = time.perf_counter()
     data = report.build_data(run, os.path.join(run, "report.html"))
     assert time.perf_counter() - t0 < 20
@@ -441,17 +456,25 @@ def test_report_in_headless_chromium(browser, tmp_path):
     assert not errors, errors[:3]
 
 
-def test_large_and_empty_reports_in_headless_chromium(browser, tmp_path):
-    big = fake_run(str(tmp_path / "big"), n=5000, d=8, gens=(0,), seconds=0.002, born=False)
-    path, _ = report.write_report(big)
+def test_large_and_empty_reports_in_headless_chromium(browser, big_run, tmp_path):
+    path, _ = report.write_report(big_run, str(tmp_path / "big.html"))
     page = Page(browser, "file://" + os.path.abspath(path))
     assert page.js("lvnsReport.pointCount()") == 2000
     assert "2000 of 5000 drawn" in page.js("document.getElementById('map-note').textContent")
     assert page.js("document.getElementById('born-note').textContent") == "birth generation not saved by this run"
     assert page.js("document.getElementById('colour-born').disabled") is True
     t0 = time.perf_counter()
-    page.js("for (let i = 0; i < 5; i++) lvnsReport.selectGeneration(0); 1")  # 5 full redraws
+    page.js("for (let i = 0; i < 5; i++) lvnsReport.selectGeneration(5); 1")  # 5 full redraws
     assert time.perf_counter() - t0 < 5
+    # --embed-audio: the sounds play from the page itself (data: URIs), wherever the page is
+    small = fake_run(str(tmp_path / "small"), n=6, gens=(0,), seconds=0.3)
+    path, _ = report.write_report(small, str(tmp_path / "elsewhere" / "page.html"), embed_audio=True)
+    page = Page(browser, "file://" + os.path.abspath(path))
+    assert page.js("lvnsReport.pointCount()") == 6
+    click_member(page, 2)
+    page.wait_for("lvnsReport.playEvents.length > 0 || lvnsReport.lastError !== null")
+    assert page.js("lvnsReport.lastError") is None
+    assert page.js("lvnsReport.playEvents[0].src").startswith("data:audio/wav;base64,")
     nosave = fake_run(str(tmp_path / "nosave"), save=False)
     path, _ = report.write_report(nosave)
     page = Page(browser, "file://" + os.path.abspath(path))
