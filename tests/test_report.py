@@ -13,7 +13,6 @@ import os
 import re
 import select
 import shutil
-import subprocess
 import tempfile
 import time
 import tomllib
@@ -287,26 +286,38 @@ class Chromium:
     """Headless chromium over ``--remote-debugging-pipe``: commands on its fd 3, answers on fd 4."""
 
     def __init__(self, exe: str):
+        import fcntl
+
         self.profile = tempfile.mkdtemp(prefix="lvns-chromium-")
         to_child, self._w = os.pipe()
         self._r, from_child = os.pipe()
-
-        def child_fds():  # move the pipe ends above 10 first so that dup2 cannot clobber one with the other
-            import fcntl
-
-            a = fcntl.fcntl(to_child, fcntl.F_DUPFD, 10)
-            b = fcntl.fcntl(from_child, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
+        # the child's ends, moved above 20 so that dup2 onto 3 and 4 cannot clobber one with the other
+        a = fcntl.fcntl(to_child, fcntl.F_DUPFD_CLOEXEC, 20)
+        b = fcntl.fcntl(from_child, fcntl.F_DUPFD_CLOEXEC, 20)
+        for fd in (to_child, from_child):
+            os.close(fd)
         args = [exe, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={self.profile}", "about:blank"]
-        self.proc = subprocess.Popen(args, preexec_fn=child_fds, pass_fds=(3, 4), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_child)
-        os.close(from_child)
+        # posix_spawn, not fork + preexec_fn: safe in a process where JAX threads already run
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                   (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, a, 3), (os.POSIX_SPAWN_DUP2, b, 4)]
+        try:
+            self.pid = os.posix_spawn(exe, args, os.environ, file_actions=actions, setpgroup=0)
+        finally:
+            os.close(a)
+            os.close(b)
+        self.status = None
         self._buf, self._id, self.events = b"", 0, []
+
+    def poll(self):
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
 
     def _recv(self, timeout: float) -> dict:
         while b"\0" not in self._buf:
@@ -315,7 +326,8 @@ class Chromium:
                 raise TimeoutError("chromium did not answer")
             chunk = os.read(self._r, 1 << 20)
             if not chunk:
-                raise RuntimeError(f"chromium exited (code {self.proc.poll()})")
+                time.sleep(0.2)
+                raise RuntimeError(f"chromium exited (code {self.poll()})")
             self._buf += chunk
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
@@ -340,11 +352,14 @@ class Chromium:
             self.call("Browser.close", timeout=5)
         except Exception:
             pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        deadline = time.monotonic() + 10
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.poll() is None:  # the browser and the helpers it started (its own process group)
+            import signal
+
+            os.killpg(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
         os.close(self._w)
         os.close(self._r)
         shutil.rmtree(self.profile, ignore_errors=True)
