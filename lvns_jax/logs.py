@@ -10,6 +10,9 @@ Layout of a run directory::
     audio/gen_XXXX/      NNN.wav of the container (most sparse first), latents.npy, sparseness.npy,
                          embeddings.npy
     checkpoints/         orbax checkpoints
+
+The run directory may be a ``gs://`` URL (:mod:`lvns_jax.storage`): the event files and
+``metrics.jsonl`` are then written to a local temporary copy and uploaded at every ``flush()``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 import soundfile as sf
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from lvns_jax import storage
 
 
 def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -41,9 +46,15 @@ class EventLog:
     """Minimal TensorBoard writer: scalars, histograms and audio, read back by TensorBoard's
     ``event_accumulator``."""
 
+    #: gs:// logdir: a new event file is started once the current one (re-uploaded whole at every
+    #: flush) exceeds this size; TensorBoard reads all event files of a folder in order
+    ROLL_BYTES = 16 << 20
+
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
-        self._writer = EventFileWriter(logdir)
+        self._staged = storage.Staged(logdir, folder=True) if storage.is_remote(logdir) else None
+        if self._staged is None:
+            os.makedirs(logdir, exist_ok=True)
+        self._writer = EventFileWriter(logdir if self._staged is None else self._staged.local)
 
     def _add(self, value: summary_pb2.Summary.Value, step: int) -> None:
         event = event_pb2.Event(wall_time=time.time(), step=int(step),
@@ -83,9 +94,19 @@ class EventLog:
 
     def flush(self) -> None:
         self._writer.flush()
+        if self._staged is not None:
+            self._staged.sync()
+            current = self._writer._file_name
+            if os.path.getsize(current) > self.ROLL_BYTES:
+                self._writer.close()
+                self._staged.sync()
+                os.remove(current)
+                self._writer = EventFileWriter(self._staged.local)
 
     def close(self) -> None:
         self._writer.close()
+        if self._staged is not None:
+            self._staged.close()
 
 
 class MetricsFile:
@@ -97,24 +118,32 @@ class MetricsFile:
 
     def __init__(self, path: str, resume_generation: int | None = None):
         self.path = path
-        if resume_generation is not None and os.path.exists(path):
-            with open(path) as f:
+        self._staged = storage.Staged(path, fetch=True)  # gs://: a local copy, uploaded by flush()
+        local = self._staged.local
+        if resume_generation is not None and os.path.exists(local):
+            with open(local) as f:
                 keep = [line for line in f if line.strip() and json.loads(line)["generation"] <= resume_generation]
-            with open(path, "w") as f:
+            with open(local, "w") as f:
                 f.writelines(keep)
-        self._f = open(path, "a")
+        self._f = open(local, "a")
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
 
+    def flush(self) -> None:
+        """Upload the file (gs:// only; a local file is already flushed line by line)."""
+        self._f.flush()
+        self._staged.sync()
+
     def close(self) -> None:
         self._f.close()
+        self._staged.close()
 
 
 def read_metrics(path: str) -> list[dict]:
-    with open(path) as f:
+    with storage.open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -125,7 +154,26 @@ def save_generation(directory: str, audio: np.ndarray, sample_rate: int, latents
     ``sparseness.npy``, like the original's per-generation folders, and ``embeddings.npy`` (the
     cached container embeddings, same order; used by ``lvns plot`` for the PCA view) when given.
     ``born`` (when given): ``born.npy``, int32 generation each individual was made in, same order
-    (used by ``lvns report``)."""
+    (used by ``lvns report``).
+    A gs:// ``directory`` gets the same files, uploaded concurrently."""
+    if storage.is_remote(directory):
+        files = {}
+        for i, clip in enumerate(np.asarray(audio, np.float32)):
+            buf = io.BytesIO()
+            sf.write(buf, clip, sample_rate, subtype="FLOAT", format="WAV")
+            files[storage.join(directory, f"{i:03d}.wav")] = buf.getvalue()
+        arrays = {"latents": latents, "sparseness": sparseness, "embeddings": embeddings}
+        for name, value in arrays.items():
+            if value is not None:
+                buf = io.BytesIO()
+                np.save(buf, np.asarray(value, np.float32))
+                files[storage.join(directory, f"{name}.npy")] = buf.getvalue()
+        if born is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(born, np.int32))
+            files[storage.join(directory, "born.npy")] = buf.getvalue()
+        storage.write_files(files)
+        return
     os.makedirs(directory, exist_ok=True)
     for i, clip in enumerate(np.asarray(audio, np.float32)):
         sf.write(os.path.join(directory, f"{i:03d}.wav"), clip, sample_rate, subtype="FLOAT")
