@@ -38,7 +38,7 @@ def bench_one(path, individuals, frames, repeats, torch_batch=64):
     import numpy as np
     import torch
 
-    from lvns_jax import rave
+    from lvns_jax.models import rave
 
     ts = torch.jit.load(path, map_location="cpu")
     dec = rave.load(path)

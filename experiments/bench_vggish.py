@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
         import jax
 
-        from lvns_jax import vggish
+        from lvns_jax.models import vggish
         from lvns_jax.models.vggish.convert import convert
 
         convert(pth, os.path.join(tmp, "weights"))

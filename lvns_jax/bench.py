@@ -3,9 +3,10 @@
 What is measured, for each size (each size runs in its own subprocess, so that its peak memory
 is its own):
 
-* the five stages of :func:`lvns_jax.search.step` jitted on their own — ``breed``, ``decode``
-  (children, in ``chunk_size`` batches), ``embed``, ``sparseness`` (over container + children),
-  ``select`` — and the whole ``step``: median seconds over ``repeats`` calls after a warm-up
+* the stages of :func:`lvns_jax.search.step` jitted on their own — ``breed`` (the emitter),
+  ``decode`` (children, in ``chunk_size`` batches), ``embed``, ``sparseness`` (the scorer, over
+  container + children + archive), ``select`` — and the whole ``step`` (the very function
+  ``lvns run`` runs, any emitter/scorer/archive): median seconds over ``repeats`` calls after a warm-up
   call, compile time (first call minus the median), individuals per second (children evaluated
   per second, the work a generation adds), and the process' peak resident memory;
 * optionally the ORIGINAL LVNS-RAVE loop (``experiments/baselines/original_lvns.py``, run with a
@@ -54,63 +55,57 @@ def _time(fn: Callable, *args, repeats: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def _chunk_map(fn: Callable, x, key, chunk: int):
-    """``fn(x_chunk, key_i)`` over chunks of the leading axis (as :func:`lvns_jax.search.evaluate`)."""
-    import jax
-    import jax.numpy as jnp
-
-    from lvns_jax.models import merge_chunks, split_chunks
-
-    xs = split_chunks(x, chunk)
-    out = jax.lax.map(lambda a: fn(a[1], jax.random.fold_in(key, a[0])), (jnp.arange(xs.shape[0]), xs))
-    return merge_chunks(out, x.shape[0])
-
-
-def synthetic_state(cfg, models):
+def synthetic_state(search, seed: int = 0):
     """A search state with a random container and random embeddings (no decoding)."""
     import jax
     import jax.numpy as jnp
 
-    from lvns_jax import container as container_lib
-    from lvns_jax.search import SearchState
-
-    key = jax.random.key(cfg.seed)
-    k1, k2, k3 = jax.random.split(key, 3)
-    n = cfg.container_size
-    latents = container_lib.init_container(k1, "uniform", n, cfg.latent_channels, cfg.latent_frames, "", 0)
-    d = models.embedding_dim(cfg.latent_frames)
-    emb = jax.random.normal(k2, (n, d), jnp.float32)
-    return SearchState(key=k3, generation=jnp.int32(0), latents=latents, embeddings=emb,
-                       sparseness=jnp.zeros((n,), jnp.float32), born=jnp.zeros((n,), jnp.int32),
-                       invalid_total=jnp.int32(0), models=models, config=cfg)
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+    t = search.template()
+    latents = search.initializer(k1)
+    emb = jax.random.normal(k2, t.embeddings.shape, jnp.float32)
+    state = t.replace(key=k3, id_key=k4, latents=latents, embeddings=emb,
+                      slot=jnp.arange(search.container_size, dtype=jnp.int32))
+    return search.attach(state.replace(knn=None))
 
 
 def measure(cfg, repeats: int = 3) -> dict[str, Any]:
-    """Per-stage and whole-step timings of one configuration (in this process)."""
+    """Per-stage and whole-step timings of one configuration (in this process).
+
+    The stages are the step's own functions (:mod:`lvns_jax.search`: ``emit``, ``evaluate`` split into
+    its decode and embed halves through the same chunked map, ``score``, ``select``) jitted on their own,
+    and ``step`` is exactly the step ``lvns run`` runs.
+    """
     import jax
     import jax.numpy as jnp
 
-    from lvns_jax import novelty, operators, search, selection
-    from lvns_jax.models.build import build_models
+    from lvns_jax import individuals, search
+    from lvns_jax.assemble import assemble
 
     t0 = time.perf_counter()
-    models = build_models(cfg)
+    eng = assemble(cfg)
+    models = eng.models
     load_s = time.perf_counter() - t0
-    state = synthetic_state(cfg, models)
+    state = synthetic_state(eng, cfg.seed)
     n, b = cfg.container_size, cfg.breed_size
-    key = jax.random.key(1)
+    gen_key = jax.random.key(1)
+    child_born = jnp.ones((b,), jnp.int32)
+    child_slot = jnp.arange(b, dtype=jnp.int32)
+    child_keys = individuals.individual_keys(state.id_key, child_born, child_slot)
+    noise_keys = individuals.stream(child_keys, individuals.NOISE)
 
-    breed = jax.jit(lambda k, lat: operators.breed(
-        k, lat, b, crossover_mode=cfg.crossover, mutation=cfg.mutation, distribution=cfg.mutation_distribution,
-        scale=cfg.mutation_scale, mutate_last_frame=cfg.mutate_last_frame)[0])
-    decode = jax.jit(lambda m, z, k: _chunk_map(lambda zc, kc: m.decode(m.decoder_params, zc, kc), z, k, cfg.chunk_size))
-    embed = jax.jit(lambda m, a, k: _chunk_map(lambda ac, _: m.embed(m.embedder_params, ac), a, k, cfg.chunk_size))
-    sparse = jax.jit(lambda e: novelty.sparseness(e, cfg.k, cfg.sparseness_rule, cfg.knn_chunk or None))
-    select = jax.jit(lambda k, s: selection.select(cfg.selection, k, s, n))
+    emit = jax.jit(lambda e, s, k, ck: search.emit(e, s, k, ck)[0])
+    decode = jax.jit(lambda e, z, ks: individuals.decode(e.models, z, ks, e.chunk_size, e.mesh))
+    embed = jax.jit(lambda e, a: individuals.map_individuals(
+        lambda m, ac: m.embed(m.embedder_params, ac).astype(jnp.float32), (a,), e.chunk_size, e.mesh,
+        shared=(e.models,)))
+    score = jax.jit(lambda e, s, ce: search.score(e, s, s.embeddings, ce, child_born, child_slot)[0])
+    select = jax.jit(search.select)
 
     out: dict[str, Any] = {"config": {"container_size": n, "breed_size": b, "k": cfg.k, "rave": cfg.rave,
-                                      "vggish": cfg.vggish, "latent": [cfg.latent_channels, cfg.latent_frames],
-                                      "chunk_size": cfg.chunk_size, "rule": cfg.sparseness_rule,
+                                      "embedder": cfg.embedder, "latent": [cfg.latent_channels, cfg.latent_frames],
+                                      "chunk_size": cfg.chunk_size, "rule": cfg.sparseness_rule, "knn": cfg.knn,
+                                      "emitter": type(eng.emitter).__name__, "archive": cfg.archive,
                                       "reevaluate_container": cfg.reevaluate_container},
                            "models": list(models.description), "trained": models.trained,
                            "device": str(jax.devices()[0]), "device_count": jax.device_count(),
@@ -119,25 +114,25 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
     def record(name, first, med):
         out["stages"][name] = {"seconds": med, "compile_s": max(first - med, 0.0)}
 
-    children = breed(key, state.latents)
-    record("breed", *_time(breed, key, state.latents, repeats=repeats))
-    audio = decode(models, children, key)
-    record("decode", *_time(decode, models, children, key, repeats=repeats))
-    record("embed", *_time(embed, models, audio, key, repeats=repeats))
-    pool = jnp.concatenate([state.embeddings, embed(models, audio, key)])
-    record("sparseness", *_time(sparse, pool, repeats=repeats))
-    sp = sparse(pool)
-    record("select", *_time(select, key, sp, repeats=repeats))
+    children = emit(eng, state, gen_key, child_keys)
+    record("breed", *_time(emit, eng, state, gen_key, child_keys, repeats=repeats))
+    audio = decode(eng, children, noise_keys)
+    record("decode", *_time(decode, eng, children, noise_keys, repeats=repeats))
+    record("embed", *_time(embed, eng, audio, repeats=repeats))
+    child_emb = embed(eng, audio)
     del audio
+    record("sparseness", *_time(score, eng, state, child_emb, repeats=repeats))
+    sp = score(eng, state, child_emb)
+    record("select", *_time(select, eng, gen_key, sp, repeats=repeats))
 
     first_s = time.perf_counter()
-    s1, _ = search.step(state)
+    s1, _ = search.step(eng, state)
     jax.block_until_ready(s1)
     first = time.perf_counter() - first_s
     times, s = [], s1
     for _ in range(repeats):
         t0 = time.perf_counter()
-        s, _ = search.step(s)
+        s, _ = search.step(eng, s)
         jax.block_until_ready(s)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
@@ -189,7 +184,7 @@ def _convert_for_us(ts: str | None, vggish_pth: str | None, tmp: str) -> dict[st
         from lvns_jax.models.vggish.convert import convert as vconvert
 
         vconvert(vggish_pth, os.path.join(tmp, "vggish"))
-        over["vggish"] = os.path.join(tmp, "vggish")
+        over["embedder"] = os.path.join(tmp, "vggish")
     return over
 
 

@@ -6,9 +6,11 @@ User errors (:class:`lvns_jax.errors.LvnsError`) are printed as one line, withou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
+from lvns_jax import signals
 from lvns_jax.errors import LvnsError
 
 
@@ -56,7 +58,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from lvns_jax import config as config_lib
     from lvns_jax import runner
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     items = list(args.items)
     path = None
     if items and "=" not in items[0]:
@@ -74,8 +75,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         name = os.path.splitext(os.path.basename(path))[0] if path else "default"
         out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"lvns: run directory {out}", file=sys.stderr)
-    runner.run(cfg, out, resume=bool(args.resume))
-    print(f"lvns: done. TensorBoard: tensorboard --logdir {os.path.join(out, 'tb')}   "
+    if _SIGNALS.get("pending") is not None:  # a signal during the imports whose exception got lost
+        raise _Stopped(_SIGNALS["pending"])
+    with _console_log(logging.INFO):  # info lines (resumed, compile times, done) on stderr, like run.log
+        runner.run(cfg, out, resume=bool(args.resume))  # handles SIGINT/SIGTERM itself while it runs
+    _SIGNALS["finished"] = True
+    report = os.path.join(out, "report.html")
+    listen = f"   listen: {report}" if "://" not in out and os.path.isfile(report) else ""
+    print(f"lvns: done. TensorBoard: .venv/bin/tensorboard --logdir {os.path.join(out, 'tb')}{listen}   "
           f"audio: {os.path.join(out, 'audio')}   metrics: {os.path.join(out, 'metrics.jsonl')}")
     return 0
 
@@ -114,8 +121,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _console_log(level: int):
+    """The "lvns_jax" logger on stderr at ``level``, set explicitly: its own handler, not propagated
+    (orbax/absl configure the root logger first, which makes ``logging.basicConfig`` a no-op)."""
+    import logging
+
+    logger = logging.getLogger("lvns_jax")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    old = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False) or os.environ.get("LVNS_DEBUG"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvns", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error (also: LVNS_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a latent vector novelty search")
@@ -123,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a TOML config (or an original LVNS-RAVE .gin), then key=value overrides")
     r.add_argument("--out", default=None, help="run directory (default runs/NAME-TIME)")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error (same as lvns --debug run)")
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("convert", help="convert RAVE .ts / torchvggish .pth / PANNs .pth weights to Flax (needs torch)")
@@ -183,7 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stopped(signals.Stop):
+    """SIGINT/SIGTERM outside :func:`lvns_jax.runner.run` (imports, reading the config)."""
+
+
+_SIGNALS = {"finished": False, "pending": None}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """SIGTERM (and SIGINT) end the CLI with one line instead of a traceback or a silent kill, from the
+    start; :func:`lvns_jax.runner.run` installs its own handlers while it runs."""
+    import signal
+    import threading
+
+    def handler(signum, _frame):
+        signals.take_redelivered(signum)
+        if not _SIGNALS["finished"]:
+            _SIGNALS["pending"] = signum
+            raise _Stopped(signum)  # if Python drops it (raised inside a gc callback), it is sent again
+
+    _SIGNALS.update(finished=False, pending=None)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with signals.redeliver_lost():
+            return _main(argv)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":  # `lvns bench` has its own options (lvns_jax.bench)
@@ -196,13 +263,22 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "Interrupted":
             print(f"lvns: {e}", file=sys.stderr)
             return 130
+        if _debug(args):
+            raise
         print(f"lvns: error: {e}", file=sys.stderr)
         return 2
+    except _Stopped as e:
+        import signal
+
+        what = "stopped during start-up" if args.command == "run" else "stopped"
+        print(f"lvns: {what} ({signal.Signals(e.signum).name}); nothing to resume yet" if args.command == "run"
+              else f"lvns: {what} ({signal.Signals(e.signum).name})", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("lvns: interrupted", file=sys.stderr)
         return 130
     except (OSError, ValueError) as e:  # e.g. unreadable files: one line, no traceback
-        if os.environ.get("LVNS_DEBUG"):
+        if _debug(args):
             raise
         print(f"lvns: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

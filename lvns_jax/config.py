@@ -99,6 +99,7 @@ class Config:
     audio_every: int = 10  # generations between TensorBoard audio of the most novel (0 = never)
     audio_count: int = 4  # individuals in each TensorBoard audio summary
     progress: bool = True  # progress bar on the console
+    report: bool = True  # write RUN_DIR/report.html at the end of a run (`lvns report`: listening page)
 
     # ------------------------------------------------------------------ helpers
     @property

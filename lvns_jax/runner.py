@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvns_jax import config as config_lib
+from lvns_jax import signals
 from lvns_jax import distributed, logs, search
 from lvns_jax.checkpoint import Checkpoints, saved_config, step_dirs
 from lvns_jax.errors import LvnsError
@@ -33,7 +34,7 @@ from lvns_jax.models import Models
 log = logging.getLogger("lvns_jax")
 
 #: keys that may change when resuming (everything else must match the checkpointed run)
-RESUMABLE_KEYS = ("generations", "scan_length", "checkpoint_every", "keep_checkpoints", "save_every",
+RESUMABLE_KEYS = ("report", "generations", "scan_length", "checkpoint_every", "keep_checkpoints", "save_every",
                   "audio_every", "audio_count", "progress", "chunk_size", "knn_chunk", "knn", "knn_width", "devices",
                   "multihost")
 
@@ -68,12 +69,8 @@ def tb_tag(metric: str) -> str:
     return f"search/{metric}"
 
 
-class _StartupStop(BaseException):
+class _StartupStop(signals.Stop):
     """Raised by the signal handler while no search state exists yet (nothing to finish or save)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 _ACTIVE_FLAG: dict | None = None  # the flag of the innermost active _stop_on_signals()
@@ -98,18 +95,21 @@ def _stop_on_signals():
         return
 
     def handler(signum, _frame):
-        if flag["signal"] is not None:  # second Ctrl-C: stop now
+        again = signals.take_redelivered(signum)  # our re-send of a signal whose exception Python dropped
+        if flag["signal"] is not None and not again:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         flag["signal"] = signum
         if flag["startup"]:
             raise _StartupStop(signum)
-        log.warning("received %s: finishing the current block, then checkpointing",
-                    signal.Signals(signum).name)
+        if not again:
+            log.warning("received %s: finishing the current block, then checkpointing",
+                        signal.Signals(signum).name)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     _ACTIVE_FLAG = flag
     try:
-        yield flag
+        with signals.redeliver_lost():
+            yield flag
     finally:
         _ACTIVE_FLAG = None
         for s, h in old.items():
@@ -235,6 +235,7 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
                 logger.setLevel(old_level)
         except _StartupStop as e:
             name = signal.Signals(e.signum).name
+            jax.effects_barrier()
             if resume:
                 msg = f"stopped during start-up ({name}); the run is as it was: lvns run --resume {out_dir}"
             elif os.path.isfile(os.path.join(out_dir, "config.toml")):
@@ -248,7 +249,11 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
 
 
 def _startup_done() -> None:
+    """End of start-up (a state exists). A signal whose exception was swallowed on the way (raised
+    inside a gc callback or a finaliser, which Python ignores) still stops the start-up here."""
     if _ACTIVE_FLAG is not None:
+        if _ACTIVE_FLAG["startup"] and _ACTIVE_FLAG["signal"] is not None:
+            raise _StartupStop(_ACTIVE_FLAG["signal"])
         _ACTIVE_FLAG["startup"] = False
 
 
@@ -404,6 +409,13 @@ def _run(cfg, out_dir, resume, models, stop_after):
         ckpts.close()
         metrics_file.close()
         tb.close()
+    if cfg.report and distributed.is_main() and "://" not in out_dir:  # lvns report: RUN_DIR/report.html
+        try:
+            from lvns_jax import report as report_lib
+
+            log.info("report: %s", report_lib.write_report(out_dir)[0])
+        except Exception as e:  # a report problem never fails a finished run
+            log.warning("no report.html (%s: %s); retry with: lvns report %s", type(e).__name__, e, out_dir)
     log.info("done: %d generations in %s (TensorBoard: tensorboard --logdir %s)", gen, out_dir,
              os.path.join(out_dir, "tb"))
     return state

@@ -28,47 +28,53 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import jax, numpy as np
     from lvns_jax import config, distributed, search, runner
+    from lvns_jax.assemble import assemble
     from lvns_jax.checkpoint import Checkpoints
 
     out, devices, inc = sys.argv[1], [int(d) for d in sys.argv[2].split(",")], int(sys.argv[3])
+    chunks = [int(c) for c in sys.argv[4].split(",")]
+    extra = json.loads(sys.argv[5])
     assert jax.device_count() == 8, jax.devices()
-    BASE = dict(rave="toy", vggish="toy", container_size=32, breed_size=16, k=5, latent_channels=3,
+    BASE = dict(rave="toy", embedder="toy", container_size=32, breed_size=16, k=5, latent_channels=3,
                 latent_frames=8, chunk_size=2, progress=False, noise=True, seed=3)
+    BASE.update(extra)
     summary = {}
 
     def arrays(s):
-        return {f: np.asarray(getattr(s, f)) for f in ("latents", "embeddings", "sparseness", "born")}
+        return {f: np.asarray(getattr(s, f)) for f in ("latents", "embeddings", "sparseness", "born", "slot")}
 
-    for d in devices:  # 4 generations on d devices (one compiled lax.scan block)
-        s = search.init(config.from_dict({**BASE, "devices": d}))
-        s, m = search.run_block(s, 4)
-        summary[d] = dict(shards=len(s.latents.sharding.device_set),
-                          spec=str(getattr(s.latents.sharding, "spec", None)),
-                          emb_shards=len(s.embeddings.sharding.device_set),
-                          generation=int(s.generation), new_survivors=np.asarray(m["new_survivors"]).tolist())
-        np.savez(os.path.join(out, f"d{d}.npz"), **arrays(s))
-        if d == 1:
-            s1 = s
-        if d == 8:  # checkpoint written on 8 devices
-            ck = Checkpoints(os.path.join(out, "ckpt8"))
-            ck.save(s)
-            ck.close()
+    for d in devices:  # 4 generations on d devices (one compiled lax.scan block), for every chunk size
+        for c in chunks:
+            e = assemble(config.from_dict({**BASE, "devices": d, "chunk_size": c}))
+            s, m = e.run_block(e.init(), 4)
+            summary[f"{d}x{c}"] = dict(shards=len(s.latents.sharding.device_set),
+                                       spec=str(getattr(s.latents.sharding, "spec", None)),
+                                       emb_shards=len(s.embeddings.sharding.device_set),
+                                       generation=int(s.generation),
+                                       new_survivors=np.asarray(m["new_survivors"]).tolist())
+            np.savez(os.path.join(out, f"d{d}x{c}.npz"), **arrays(s))
+            if d == 1 and c == chunks[0]:
+                e1, s1 = e, s
+            if d == 8 and c == chunks[0]:  # checkpoint written on 8 devices
+                ck = Checkpoints(os.path.join(out, "ckpt8"))
+                ck.save(s)
+                ck.close()
     # 1 device: 4 more generations; the 8-device checkpoint restored on 1 device: the same 4 more
-    s1, _ = search.run_block(s1, 4)
+    s1, _ = e1.run_block(s1, 4)
     np.savez(os.path.join(out, "d1_8gen.npz"), **arrays(s1))
-    cfg1 = config.from_dict({**BASE, "devices": 1})
-    ck = Checkpoints(os.path.join(out, "ckpt8"))
-    r = ck.restore_latest(distributed.place(runner._template(cfg1, s1.models)))
-    ck.close()
-    summary["restored"] = dict(generation=int(r.generation), shards=len(r.latents.sharding.device_set))
-    r, _ = search.run_block(r, 4)
-    np.savez(os.path.join(out, "restored.npz"), **arrays(r))
+    if 8 in devices:
+        ck = Checkpoints(os.path.join(out, "ckpt8"))
+        r = e1.attach(ck.restore_latest(e1.template()))
+        ck.close()
+        summary["restored"] = dict(generation=int(r.generation), shards=len(r.latents.sharding.device_set))
+        r, _ = e1.run_block(r, 4)
+        np.savez(os.path.join(out, "restored.npz"), **arrays(r))
 
-    # incremental kNN on `inc` devices
-    s = search.init(config.from_dict({**BASE, "devices": inc, "knn": "incremental"}))
-    s, _ = search.run_block(s, 4)
-    summary["incremental"] = dict(shards=len(s.latents.sharding.device_set))
-    np.savez(os.path.join(out, "inc.npz"), **arrays(s))
+    if inc:  # incremental kNN on `inc` devices
+        e = assemble(config.from_dict({**BASE, "devices": inc, "knn": "incremental", "chunk_size": chunks[0]}))
+        s, _ = e.run_block(e.init(), 4)
+        summary["incremental"] = dict(shards=len(s.latents.sharding.device_set))
+        np.savez(os.path.join(out, "inc.npz"), **arrays(s))
 
     if "--runner" in sys.argv:  # the whole run directory machinery: 8 devices, then resume on 1
         R = dict(BASE, generations=4, scan_length=2, checkpoint_every=2, save_every=2, audio_every=2)
@@ -86,11 +92,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_script(tmp, devices, inc, *flags):
+def _run_script(tmp, devices, inc, *flags, chunks="2", extra=None):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     path = tmp / "script.py"
     path.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(path), str(tmp), devices, str(inc), *flags], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(path), str(tmp), devices, str(inc), chunks, json.dumps(extra or {}),
+                           *flags], env=env, capture_output=True, text=True,
                           timeout=900, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((tmp / "summary.json").read_text())
@@ -99,7 +106,7 @@ def _run_script(tmp, devices, inc, *flags):
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    return tmp, _run_script(tmp, "1,8", 8)
+    return tmp, _run_script(tmp, "1,8", 8, chunks="2,7")
 
 
 def _load(tmp, name):
@@ -113,24 +120,29 @@ def _assert_same_run(a, b):
     # a different survivor would differ by O(1).
     np.testing.assert_allclose(a["latents"], b["latents"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(a["born"], b["born"])
+    np.testing.assert_array_equal(a["slot"], b["slot"])
     np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a["sparseness"], b["sparseness"], rtol=1e-5, atol=1e-6)
 
 
-def _check_devices(tmp, summary, devices):
-    ref = _load(tmp, "d1")
+def _check_devices(tmp, summary, devices, chunks=(2,)):
+    """Every (devices, chunk_size) pair gives the run of 1 device with the first chunk size."""
+    ref_name = f"1x{chunks[0]}"
+    ref = _load(tmp, f"d{ref_name}")
     for d in devices:
-        _assert_same_run(_load(tmp, f"d{d}"), ref)
-        assert summary[str(d)]["new_survivors"] == summary["1"]["new_survivors"]
-        assert summary[str(d)]["shards"] == d and summary[str(d)]["emb_shards"] == d  # really split
-    assert summary["1"]["generation"] == 4
+        for c in chunks:
+            name = f"{d}x{c}"
+            _assert_same_run(_load(tmp, f"d{name}"), ref)
+            assert summary[name]["new_survivors"] == summary[ref_name]["new_survivors"], name
+            assert summary[name]["shards"] == d and summary[name]["emb_shards"] == d  # really split
+    assert summary[ref_name]["generation"] == 4
     assert np.any(ref["born"] > 0)  # children did survive: the comparison is not of initial containers
 
 
-def test_1_and_8_devices_same_survivors(eight):
+def test_1_and_8_devices_and_chunk_sizes_same_survivors_with_noise_on(eight):
     tmp, summary = eight
-    _check_devices(tmp, summary, (8,))
-    assert summary["8"]["spec"] == "P('pop',)"
+    _check_devices(tmp, summary, (1, 8), (2, 7))
+    assert summary["8x2"]["spec"] == "P('pop',)"
 
 
 def test_checkpoint_from_8_devices_restores_on_1_and_continues_identically(eight):
@@ -142,25 +154,36 @@ def test_checkpoint_from_8_devices_restores_on_1_and_continues_identically(eight
 def test_incremental_knn_on_8_devices_equals_brute_force_on_1(eight):
     tmp, summary = eight
     assert summary["incremental"]["shards"] == 8
-    _assert_same_run(_load(tmp, "inc"), _load(tmp, "d1"))
+    _assert_same_run(_load(tmp, "inc"), _load(tmp, "d1x2"))
 
 
 @pytest.mark.slow
-def test_1_2_4_8_devices_and_the_runner_on_8_resumed_on_1(tmp_path):
-    summary = _run_script(tmp_path, "1,2,4,8", 4, "--runner")
-    _check_devices(tmp_path, summary, (2, 4, 8))
+def test_1_2_4_8_devices_x_chunk_1_7_32_and_the_runner_on_8_resumed_on_1(tmp_path):
+    summary = _run_script(tmp_path, "1,2,4,8", 4, "--runner", chunks="1,7,32")
+    _check_devices(tmp_path, summary, (1, 2, 4, 8), (1, 7, 32))
     assert summary["incremental"]["shards"] == 4
-    _assert_same_run(_load(tmp_path, "inc"), _load(tmp_path, "d1"))
+    _assert_same_run(_load(tmp_path, "inc"), _load(tmp_path, "d1x1"))
     assert summary["runner"]["same_latents"] and summary["runner"]["generation"] == 4
     assert summary["runner"]["sparseness_err"] < 1e-5
     assert (tmp_path / "run" / "tb").is_dir() and (tmp_path / "run" / "audio" / "gen_0002").is_dir()
 
 
+@pytest.mark.slow
+def test_untrained_real_size_v2_small_same_run_on_1_and_4_devices_with_noise_on(tmp_path):
+    """Real-size (untrained) RAVE v2_small + VGGish, noise on: 1 and 4 devices x chunk 1 and 3 agree."""
+    extra = dict(rave="untrained:v2_small", embedder="untrained:vggish", container_size=8, breed_size=4, k=3,
+                 latent_channels=16, latent_frames=32)
+    summary = _run_script(tmp_path, "1,4", 0, chunks="1,3", extra=extra)
+    _check_devices(tmp_path, summary, (1, 4), (1, 3))
+
+
 def test_device_count_resolution():
-    base = dict(rave="toy", vggish="toy", container_size=12, breed_size=6, k=4, latent_channels=3,
+    base = dict(rave="toy", embedder="toy", container_size=12, breed_size=6, k=4, latent_channels=3,
                 latent_frames=8, progress=False)
     assert distributed.device_count(config.from_dict({**base, "devices": 0})) == 1  # this process: 1 CPU device
-    assert not distributed.is_sharded(config.from_dict({**base, "devices": 1}))
+    assert distributed.make_mesh(config.from_dict({**base, "devices": 1})) is None
+    assert distributed.device_count(config.from_dict({**base, "devices": 0}), available=8) == 6  # gcd(12, 6)
+    assert distributed.device_count(config.from_dict({**base, "devices": 3}), available=8) == 3
     with pytest.raises(ConfigError, match="devices: 2 requested but only 1"):
         distributed.device_count(config.from_dict({**base, "devices": 2}))
 
@@ -192,7 +215,7 @@ def test_two_processes_multihost_run_then_resume_on_one(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    base = dict(rave="toy", vggish="toy", container_size=16, breed_size=8, k=4, latent_channels=3, latent_frames=8,
+    base = dict(rave="toy", embedder="toy", container_size=16, breed_size=8, k=4, latent_channels=3, latent_frames=8,
                 chunk_size=2, progress=False, scan_length=2, checkpoint_every=2, save_every=2, audio_every=2, seed=5)
     script = tmp_path / "mh.py"
     script.write_text(MULTIHOST)

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sf = pytest.importorskip("soundfile")
 
-from lvns_jax import rave  # noqa: E402
+from lvns_jax.models import rave  # noqa: E402
 from lvns_jax.cli import main  # noqa: E402
 from lvns_jax.container import load_latent_file  # noqa: E402
 from lvns_jax.encode import encode_clip, load_model, reset_caches  # noqa: E402

@@ -1,4 +1,4 @@
-"""Gradient-guided novelty mutation (lvns_jax.gradient) on the tiny differentiable toy models."""
+"""Gradient-guided novelty mutation (lvns_jax.emitters.gradient) on the tiny differentiable toy models."""
 
 import functools
 
@@ -8,11 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvns_jax import config, gradient, operators, search
+from lvns_jax import config, individuals, operators
+from lvns_jax.assemble import assemble
+from lvns_jax.emitters import EmitContext, gradient
+from lvns_jax.emitters.gradient import GradientEmitter
+from lvns_jax.emitters.mix import MixEmitter
 from lvns_jax.errors import ConfigError
 from lvns_jax.models import Models, toy
 
-BASE = dict(rave="toy", vggish="toy", container_size=16, breed_size=8, k=5, latent_channels=4,
+BASE = dict(rave="toy", embedder="toy", container_size=16, breed_size=8, k=5, latent_channels=4,
             latent_frames=8, chunk_size=4, progress=False)
 
 
@@ -33,7 +37,17 @@ def knn_reference(emb, container, k, rule):
     return (d[:, :k] if rule == "nearest" else d[:, -k:]).mean(1)
 
 
-_evaluate = jax.jit(search.evaluate, static_argnums=3)
+_evaluate = jax.jit(lambda m, z, key, c: individuals.evaluate(
+    m, z, jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(z.shape[0])), c), static_argnums=3)
+
+
+def num_gradient_children(c) -> int:
+    e = assemble(c).emitter
+    if isinstance(e, GradientEmitter):
+        return c.breed_size
+    if isinstance(e, MixEmitter):
+        return sum(n for name, _, n in e.parts if name == "gradient")
+    return 0
 _improve = jax.jit(gradient.improve, static_argnames=(
     "steps", "learning_rate", "optimizer", "k", "rule", "prior_weight", "prior_bound", "chunk_size"))
 _start = jax.jit(lambda key, n, b, c, t: _start_impl(key, n, b, c, t), static_argnums=(1, 2, 3, 4))
@@ -164,33 +178,40 @@ def test_prior_penalty_pulls_latents_back_into_range():
     (dict(mutation="gradient", gradient_fraction=1.0), 8), (dict(mutation="replace", gradient_fraction=0.25), 2),
 ])
 def test_number_of_gradient_children(kw, count):
-    assert gradient.num_gradient_children(cfg(**kw)) == count
+    assert num_gradient_children(cfg(**kw)) == count
 
 
-@pytest.mark.parametrize("kw", [dict(gradient_fraction=0.5), dict(mutation="gradient")])
+@pytest.mark.parametrize("kw", [dict(gradient_fraction=0.5), dict(mutation="gradient"),
+                                dict(emitter="mix", emitter_mix="gradient:0.5,paper")])
 def test_mixed_mode_keeps_the_papers_children_and_replaces_the_first_g(kw):
     c = cfg(noise=False, **kw)
-    g = gradient.num_gradient_children(c)
+    g = num_gradient_children(c)
     models, cont, cont_emb, _ = start_points(4, c)
-    key = jax.random.key(9)
-    paper, b = operators.breed(key, cont, c.breed_size, mutation=gradient.paper_mutation(c))
-    children, info = gradient.apply(c, models, jax.random.key(1), cont, jnp.asarray(cont_emb), paper, b)
+    b = c.breed_size
+    ctx = EmitContext(key=jax.random.key(9), latents=cont, embeddings=jnp.asarray(cont_emb),
+                      child_keys=individuals.individual_keys(jax.random.key(1), 1, jnp.arange(b)), models=models,
+                      chunk_size=c.chunk_size)
+    children, extra = assemble(c).emitter.emit(ctx, 0, b)
+    paper, _ = assemble(cfg(noise=False)).emitter.emit(ctx, 0, b)  # the paper-only run's children
     children, paper = np.asarray(children), np.asarray(paper)
-    assert children.shape == paper.shape and info.grad_norm.shape == (g,)
+    assert children.shape == paper.shape
     np.testing.assert_array_equal(children[g:], paper[g:])
-    start = np.asarray(operators.crossover(cont[b.first_parent], cont[b.second_parent], b.crossover_point))[:g]
-    moved = np.any(np.abs(children[:g] - start) > 1e-6, axis=1)  # (g, T): frames changed per child
+    from lvns_jax.emitters import paper as paper_emitter
+
+    start, _ = paper_emitter.crossed(ctx, 0, g, False)  # the same parents and point, no mutation
+    moved = np.any(np.abs(children[:g] - np.asarray(start)) > 1e-6, axis=1)  # (g, T): frames changed per child
     assert np.all(moved.sum(axis=1) > 1)  # gradient steps move many frames, not one mutated column
 
 
 def test_step_with_gradient_mutation_is_deterministic_scan_equals_step_and_logs_metrics():
     c = cfg(gradient_fraction=0.5, gradient_steps=2)
-    s = search.init(c)
+    e = assemble(c)
+    s = e.init()
     a, ms = s, []
     for _ in range(2):
-        a, m = search.step(a)
+        a, m = e.step(a)
         ms.append(m)
-    b, mb = search.run_block(s, 2)
+    b, mb = e.run_block(s, 2)
     np.testing.assert_array_equal(np.asarray(a.latents), np.asarray(b.latents))
     for key in ("gradient_norm", "gradient_gain", "gradient_gain_vs_random", "gradient_children_sparseness",
                 "gradient_random_children_sparseness", "gradient_start_sparseness", "gradient_end_sparseness"):
@@ -205,10 +226,12 @@ def test_step_with_gradient_mutation_is_deterministic_scan_equals_step_and_logs_
     np.testing.assert_allclose(mb["children_sparseness_mean"], 0.5 * (
         mb["gradient_children_sparseness"] + mb["gradient_random_children_sparseness"]), rtol=1e-5)
     # pure gradient mode has no random children to compare with
-    _, m = search.step(search.init(cfg(mutation="gradient", gradient_steps=1)))
+    e = assemble(cfg(mutation="gradient", gradient_steps=1))
+    _, m = e.step(e.init())
     assert "gradient_norm" in m and "gradient_gain_vs_random" not in m
     # paper mode: no gradient metrics, and the step is the paper's
-    _, m = search.step(search.init(cfg()))
+    e = assemble(cfg())
+    _, m = e.step(e.init())
     assert not any(k.startswith("gradient_") for k in m)
 
 
@@ -223,6 +246,11 @@ def test_step_with_gradient_mutation_is_deterministic_scan_equals_step_and_logs_
     (dict(gradient_prior_weight=-1.0), "gradient_prior_weight"),
     (dict(gradient_prior_bound=0.0), "gradient_prior_bound"),
     (dict(mutation="gradients"), "mutation"),
+    (dict(emitter="mix", emitter_mix="gradient:0.5"), "emitter_mix"),
+    (dict(emitter="mix", emitter_mix="gradient:x,paper"), "emitter_mix"),
+    (dict(emitter="mix", emitter_mix="gradient,paper"), "emitter_mix"),
+    (dict(emitter="mix", emitter_mix="mutant:0.5,paper"), "emitter_mix"),
+    (dict(emitter="evolve"), "emitter"),
 ])
 def test_config_validation(kw, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):

@@ -11,7 +11,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from lvns_jax import rave
+from lvns_jax.models import rave
 from lvns_jax.errors import WeightsError
 from lvns_jax.weights_io import sha256_of
 from rave_testutil import FIXTURES, ts_path

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 import jax
 import jax.numpy as jnp
 
-from lvns_jax import rave
+from lvns_jax.models import rave
 from rave_testutil import load_ts, ref_decode, ref_decode_noise_off, rel_err, replay_draws
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "recipe"))
 
 from ref_decode import compare, describe, load, neutralize, reference  # noqa: E402
 
-from lvns_jax import rave  # noqa: E402
+from lvns_jax.models import rave  # noqa: E402
 from lvns_jax.errors import WeightsError  # noqa: E402
 
 ALL = sorted(os.path.relpath(p, ROOT)[:-3] for p in glob.glob(os.path.join(ROOT, "*", "*.ts"))

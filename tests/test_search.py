@@ -1,4 +1,5 @@
-"""The generation step: determinism, scan == step, selection invariants, caching, NaN handling."""
+"""The generation step: determinism, scan == step, selection invariants, caching, NaN handling,
+identity keys (chunking changes nothing with noise on)."""
 
 import functools
 
@@ -7,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvns_jax import config, novelty, search
+from lvns_jax import config, individuals, novelty, search
+from lvns_jax.assemble import assemble
 from lvns_jax.models import Models, toy
 
-BASE = dict(rave="toy", vggish="toy", container_size=12, breed_size=6, k=4, latent_channels=3,
+BASE = dict(rave="toy", embedder="toy", container_size=12, breed_size=6, k=4, latent_channels=3,
             latent_frames=8, chunk_size=4, progress=False)
 
 
@@ -18,10 +20,17 @@ def cfg(**kw):
     return config.from_dict({**BASE, **kw})
 
 
+def start(c, models=None):
+    """(the assembled search, its initial state)."""
+    e = assemble(c, models)
+    return e, e.init()
+
+
 def arrays(state):
     a = state.evolution_arrays()
-    a["key"] = jax.random.key_data(a["key"])
-    return {k: np.asarray(v) for k, v in a.items()}
+    for k in ("key", "id_key"):
+        a[k] = jax.random.key_data(a[k])
+    return {k: np.asarray(v) for k, v in a.items() if k != "archive"}
 
 
 def assert_same(s1, s2):
@@ -32,24 +41,24 @@ def assert_same(s1, s2):
 
 def test_same_seed_same_run_and_other_seed_differs():
     c = cfg()
-    s1, s2 = search.init(c), search.init(c)
+    (e, s1), (_, s2) = start(c), start(c)
     for _ in range(3):
-        s1, _ = search.step(s1)
-        s2, _ = search.step(s2)
+        s1, _ = e.step(s1)
+        s2, _ = e.step(s2)
     assert_same(s1, s2)
-    s3 = search.init(c.replace(seed=1))
-    s3, _ = search.step(s3)
+    e3, s3 = start(c.replace(seed=1))
+    s3, _ = e3.step(s3)
     assert not np.array_equal(np.asarray(s3.latents), np.asarray(s1.latents))
 
 
 def test_scan_block_equals_repeated_step():
-    s = search.init(cfg())
+    e, s = start(cfg())
     a = s
     ms = []
     for _ in range(4):
-        a, m = search.step(a)
+        a, m = e.step(a)
         ms.append(m)
-    b, mb = search.run_block(s, 4)
+    b, mb = e.run_block(s, 4)
     assert_same(a, b)
     np.testing.assert_array_equal(mb["sparseness_mean"], [m["sparseness_mean"] for m in ms])
 
@@ -57,69 +66,79 @@ def test_scan_block_equals_repeated_step():
 @pytest.mark.parametrize("rule", ["nearest", "farthest"])
 def test_survivors_are_the_most_sparse_of_the_pool(rule):
     c = cfg(sparseness_rule=rule, noise=False)
-    s = search.init(c)
-    s, _ = search.step(s)
-    # Recompute one generation by hand from the state before it.
-    key, k_breed, k_children, _, _ = jax.random.split(s.key, 5)
+    e, s = start(c)
+    s, _ = e.step(s)
+    # Recompute one generation by hand from the state before it: the paper's operators on their own.
     from lvns_jax import operators
 
-    children, _ = operators.breed(k_breed, s.latents, c.breed_size)
-    child_emb, _ = search.evaluate(s.models, children, k_children, c.chunk_size)
+    _, k_emit, _ = jax.random.split(s.key, 3)
+    n, b, t = c.container_size, c.breed_size, c.latent_frames
+    k1, k2, k3 = jax.random.split(k_emit, 3)
+    first, second = jax.random.permutation(k1, n)[:b], jax.random.permutation(k2, n)[:b]
+    point = jax.random.randint(k3, (), 1, t - 2)
+    keys = individuals.stream(individuals.individual_keys(s.id_key, 2, jnp.arange(b)), individuals.MUTATION)
+    col = [jax.random.randint(jax.random.split(kk, 3)[1], (), 0, t - 1) for kk in keys]
+    val = [jax.random.normal(jax.random.split(kk, 3)[2], (1, c.latent_channels))[0] for kk in keys]
+    children = operators.mutate(operators.crossover(s.latents[first], s.latents[second], jnp.full((b,), point)),
+                                jnp.stack(col), jnp.stack(val), "add")
+    child_emb = toy.embed(toy.embedder_params(), toy.decode(toy.decoder_params(3), children, None))
     pool_emb = np.concatenate([np.asarray(s.embeddings), np.asarray(child_emb)])
     pool_lat = np.concatenate([np.asarray(s.latents), np.asarray(children)])
     sp = np.asarray(novelty.sparseness(pool_emb, c.k, rule))
     order = np.lexsort((np.arange(len(sp)), -sp))[: c.container_size]
-    s2, m = search.step(s)
-    np.testing.assert_array_equal(np.asarray(s2.latents), pool_lat[order])
+    s2, m = e.step(s)
+    np.testing.assert_allclose(np.asarray(s2.latents), pool_lat[order], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(s2.sparseness), sp[order], rtol=1e-6)
     assert int(m["new_survivors"]) == int(np.sum(order >= c.container_size))
     # born: container members keep their birth generation, new children are born now
     assert np.all(np.asarray(s2.born)[order >= c.container_size] == 2)
+    # slot: a child's index among its generation's children; members keep theirs
+    np.testing.assert_array_equal(np.asarray(s2.slot)[order >= n], order[order >= n] - n)
 
 
 def test_cached_embeddings_match_reembedding_without_noise():
     c = cfg(noise=False)
-    s = search.init(c)
+    e, s = start(c)
     for _ in range(3):
-        s, _ = search.step(s)
-    emb, ok = search.evaluate(s.models, s.latents, jax.random.key(9), c.chunk_size)
+        s, _ = e.step(s)
+    emb, ok = search.evaluate(e, s.latents, s.identity_keys())
     assert bool(ok.all())
     np.testing.assert_allclose(np.asarray(s.embeddings), np.asarray(emb), rtol=1e-5, atol=1e-6)
 
 
 def test_reevaluate_container_equals_cached_without_noise():
-    s_cached = search.init(cfg(noise=False))
-    s_reeval = search.init(cfg(noise=False, reevaluate_container=True))
+    e1, s_cached = start(cfg(noise=False))
+    e2, s_reeval = start(cfg(noise=False, reevaluate_container=True))
     for _ in range(3):
-        s_cached, _ = search.step(s_cached)
-        s_reeval, _ = search.step(s_reeval)
+        s_cached, _ = e1.step(s_cached)
+        s_reeval, _ = e2.step(s_reeval)
     np.testing.assert_array_equal(np.asarray(s_cached.latents), np.asarray(s_reeval.latents))
 
 
 def test_reevaluate_container_with_noise_changes_embeddings():
-    s = search.init(cfg(noise=True, reevaluate_container=True))
-    s1, _ = search.step(s)
-    s_c = search.init(cfg(noise=True))
-    s1c, _ = search.step(s_c)
+    e, s = start(cfg(noise=True, reevaluate_container=True))
+    s1, _ = e.step(s)
+    ec, s_c = start(cfg(noise=True))
+    s1c, _ = ec.step(s_c)
     # With a noisy decoder the re-embedded container differs from the cached one.
     assert not np.allclose(np.asarray(s1.sparseness), np.asarray(s1c.sparseness))
 
 
 def test_container_stays_sorted_and_sparseness_grows():
-    s = search.init(cfg(container_size=20, breed_size=10, k=5, mutation_scale=2.0))
-    start = float(jnp.mean(s.sparseness))
-    s, m = search.run_block(s, 15)
+    e, s = start(cfg(container_size=20, breed_size=10, k=5, mutation_scale=2.0))
+    first = float(jnp.mean(s.sparseness))
+    s, m = e.run_block(s, 15)
     sp = np.asarray(s.sparseness)
     assert np.all(np.diff(sp) <= 0)  # survivors are kept most sparse first
-    assert float(m["sparseness_mean"][-1]) > start
+    assert float(m["sparseness_mean"][-1]) > first
 
 
 def test_random_and_replace_selection():
-    s = search.init(cfg(selection="random"))
-    s, m = search.step(s)
+    e, s = start(cfg(selection="random"))
+    s, m = e.step(s)
     assert s.latents.shape == (12, 3, 8)
-    s = search.init(cfg(selection="replace", breed_size=12))
-    s1, m = search.step(s)
+    e, s = start(cfg(selection="replace", breed_size=12))
+    s1, m = e.step(s)
     assert int(m["new_survivors"]) == 12 and np.all(np.asarray(s1.born) == 1)
 
 
@@ -135,14 +154,14 @@ def test_nan_children_never_survive_and_are_counted():
                     decode=functools.partial(_nan_decode, threshold=0.3), embed=toy.embed,
                     sample_rate=16000, hop=toy.TOY_HOP, latent_channels=3)
     # initial container: only latents outside the broken region
-    s = search.init(c, models=models)
+    e, s = start(c, models)
     z = np.array(s.latents)
     z[:, 0, 0] = -np.abs(z[:, 0, 0]) - 0.5
     s = s.replace(latents=jnp.asarray(z))
-    s = s.replace(embeddings=search.evaluate(models, s.latents, jax.random.key(0), 4)[0])
+    s = s.replace(embeddings=search.evaluate(e, s.latents, s.identity_keys())[0])
     total = 0
     for _ in range(6):
-        s, m = search.step(s)
+        s, m = e.step(s)
         total += int(m["invalid_children"])
         assert np.all(np.isfinite(np.asarray(s.embeddings)))
         assert np.all(np.isfinite(np.asarray(s.sparseness)))
@@ -151,13 +170,67 @@ def test_nan_children_never_survive_and_are_counted():
 
 
 def test_balanced_chunks_hand_worked():
-    from lvns_jax.models import merge_chunks, num_chunks, split_chunks
-
     x = jnp.arange(100 * 2).reshape(100, 2)
-    xs = split_chunks(x, 32)
-    assert num_chunks(100, 32) == 4 and xs.shape == (4, 25, 2)  # 4 x 25, no padded rows
-    np.testing.assert_array_equal(merge_chunks(xs, 100), x)
-    ys = split_chunks(jnp.arange(10), 4)  # 3 chunks of 4: 10 rows + 2 zero rows of padding
-    np.testing.assert_array_equal(ys, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]])
-    np.testing.assert_array_equal(merge_chunks(ys, 10), jnp.arange(10))
-    assert split_chunks(jnp.arange(3), 32).shape == (1, 3)
+    assert individuals.num_chunks(100, 32) == 4 and individuals.num_chunks(3, 32) == 1
+    seen = []
+
+    def fn(xc):
+        seen.append(xc.shape)
+        return xc * 2
+
+    out = individuals.map_individuals(fn, (x,), 32)
+    assert seen == [(25, 2)]  # 4 x 25, no padded rows
+    np.testing.assert_array_equal(out, x * 2)
+    seen.clear()
+    np.testing.assert_array_equal(individuals.map_individuals(fn, (jnp.arange(10),), 4), jnp.arange(10) * 2)
+    assert seen == [(4,)]  # 3 chunks of 4: 10 rows + 2 padded (repeats of row 0), cut off again
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(knn="incremental"), dict(archive="threshold", archive_size=12),
+                                   dict(gradient_fraction=0.5, gradient_steps=2)])
+def test_chunk_sizes_give_the_same_run_with_noise_on(extra):
+    """Every random draw of an individual comes from its identity key: chunk_size and knn_chunk are
+    memory knobs only, decoder noise on."""
+    runs = []
+    for chunk, knn_chunk in ((1, 0), (7, 5), (32, 0)):
+        e, s = start(cfg(noise=True, chunk_size=chunk, knn_chunk=knn_chunk, **extra))
+        s, m = e.run_block(s, 4)
+        runs.append((s, m))
+    (a, ma) = runs[0]
+    for b, mb in runs[1:]:
+        np.testing.assert_array_equal(np.asarray(a.born), np.asarray(b.born))
+        np.testing.assert_array_equal(np.asarray(a.slot), np.asarray(b.slot))
+        np.testing.assert_allclose(np.asarray(a.latents), np.asarray(b.latents), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a.sparseness), np.asarray(b.sparseness), rtol=1e-5)
+        np.testing.assert_array_equal(ma["new_survivors"], mb["new_survivors"])
+
+
+def test_identity_keys_are_per_individual_and_the_wav_is_the_embedded_sound():
+    c = cfg(noise=True)
+    e, s = start(c)
+    s, _ = e.run_block(s, 3)
+    keys = s.identity_keys()
+    data = np.asarray(jax.random.key_data(keys))
+    assert len({tuple(r) for r in data.reshape(len(data), -1)}) == c.container_size  # all distinct
+    # decoding a member with its identity reproduces the embedding it was selected with
+    audio = e.decode_members(s.id_key, s.latents, s.born, s.slot)
+    emb = toy.embed(toy.embedder_params(), audio)
+    np.testing.assert_allclose(np.asarray(emb), np.asarray(s.embeddings), rtol=1e-5, atol=1e-6)
+    # another individual's key gives another sound (the noise is live)
+    other = e.decode_members(s.id_key, s.latents, s.born, (np.asarray(s.slot) + 1) % 12)
+    assert not np.allclose(np.asarray(other), np.asarray(audio))
+
+
+def test_plugins_are_static_and_the_config_is_not_in_the_state():
+    from lvns_jax import plugins
+
+    e, s = start(cfg())
+    assert not hasattr(s, "config")
+    leaves = jax.tree_util.tree_leaves(e)
+    assert all(isinstance(x, jax.Array) for x in leaves)  # only model parameters are leaves
+    for kind in plugins.KINDS:
+        assert plugins.names(kind)
+    with pytest.raises(config.ConfigError, match="^selection: 'tournament' is not one of novelty, random, replace"):
+        cfg(selection="tournament")
+    with pytest.raises(config.ConfigError, match="^archive:"):
+        cfg(archive="grid")

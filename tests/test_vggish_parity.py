@@ -25,7 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lvns_jax import vggish  # noqa: E402
+from lvns_jax.models import vggish  # noqa: E402
 from lvns_jax.cli import main as lvns_main  # noqa: E402
 from lvns_jax.errors import WeightsError  # noqa: E402
 from lvns_jax.models.vggish import convert as cv  # noqa: E402
