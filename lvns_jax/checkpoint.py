@@ -47,6 +47,8 @@ def one_line_cause(e: BaseException, limit: int = 300) -> str:
 
 def step_dirs(directory: str) -> list[int]:
     """Generations with a checkpoint directory in ``directory`` (read from the listing, nothing created)."""
+    if storage.is_remote(directory):  # gs://: the listing's digit names (no directories there)
+        return sorted(int(n) for n in storage.listdir(directory) if n.isdigit()) if storage.isdir(directory) else []
     if not os.path.isdir(directory):
         return []
     return sorted(int(n) for n in os.listdir(directory)
@@ -59,7 +61,7 @@ def saved_config(directory: str) -> tuple[int, dict] | None:
     for step in reversed(step_dirs(directory)):
         path = os.path.join(directory, str(step), "config", "metadata")
         try:
-            with open(path) as f:
+            with storage.open(path) as f:
                 values = json.load(f)
         except (OSError, ValueError):
             continue

@@ -26,7 +26,7 @@ import numpy as np
 
 from lvns_jax import config as config_lib
 from lvns_jax import signals
-from lvns_jax import distributed, logs, search
+from lvns_jax import distributed, logs, search, storage
 from lvns_jax.checkpoint import Checkpoints, saved_config, step_dirs
 from lvns_jax.errors import LvnsError
 from lvns_jax.models import Models
@@ -116,10 +116,28 @@ def _stop_on_signals():
             signal.signal(s, h)
 
 
+class _LogFile(logging.FileHandler):
+    """``run.log``, appended to; for a gs:// run directory a local copy (with the remote log of the run
+    being resumed first) uploaded whole after every record (a run logs a few lines per block)."""
+
+    def __init__(self, path: str):
+        self._staged = storage.Staged(path, fetch=True)
+        super().__init__(self._staged.local)
+
+    def flush(self) -> None:
+        super().flush()
+        if self._staged.remote and self.stream is not None:
+            self._staged.sync()
+
+    def close(self) -> None:
+        super().close()
+        self._staged.close()
+
+
 def _setup_file_log(out_dir: str) -> logging.Handler:
     if not distributed.is_main():  # multi-host: process 0 keeps the log
         return logging.NullHandler()
-    handler = logging.FileHandler(os.path.join(out_dir, "run.log"))
+    handler = _LogFile(os.path.join(out_dir, "run.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("lvns_jax").addHandler(handler)
     return handler
@@ -142,10 +160,17 @@ def _refuse_changes(old: dict, new: dict, where: str) -> None:
 
 def _saved_config(out_dir: str) -> config_lib.Config:
     path = os.path.join(out_dir, "config.toml")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise LvnsError(f"--resume {out_dir}: no config.toml there (not a run directory, or stopped before "
                         f"it was written: start it with lvns run --out {out_dir})")
-    return config_lib.load(path)
+    if not storage.is_remote(path):
+        return config_lib.load(path)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # gs://: config.load reads a local copy
+        local = os.path.join(tmp, "config.toml")
+        storage.download(path, local)
+        return config_lib.load(local)
 
 
 def _check_resume(cfg: config_lib.Config, out_dir: str) -> None:
@@ -163,7 +188,7 @@ def _check_resume(cfg: config_lib.Config, out_dir: str) -> None:
 def _check_new_run(cfg: config_lib.Config, out_dir: str) -> None:
     """Refuse (writing nothing) to start a new run in a directory that already holds one (a checkpoint;
     a start-up that never reached one left nothing to keep), or from a dataset that cannot be used."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    if not storage.is_remote(out_dir) and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise LvnsError(f"--out {out_dir}: exists and is not a directory")
     steps = step_dirs(os.path.join(out_dir, "checkpoints"))
     if steps:
@@ -215,7 +240,7 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
                 from jax.experimental import multihost_utils
 
                 multihost_utils.sync_global_devices("lvns_jax: run directory checked")
-            os.makedirs(out_dir, exist_ok=True)
+            storage.makedirs(out_dir)  # gs://: checks the bucket (object stores have no directories)
             logger = logging.getLogger("lvns_jax")
             old_level = logger.level
             if logger.getEffectiveLevel() > logging.INFO:  # info lines (compile times, done) reach run.log
@@ -238,7 +263,7 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
             jax.effects_barrier()
             if resume:
                 msg = f"stopped during start-up ({name}); the run is as it was: lvns run --resume {out_dir}"
-            elif os.path.isfile(os.path.join(out_dir, "config.toml")):
+            elif storage.isfile(os.path.join(out_dir, "config.toml")):
                 msg = (f"stopped during start-up ({name}), before the first checkpoint; "
                        f"lvns run --resume {out_dir} starts it from generation 0")
             else:
@@ -260,6 +285,10 @@ def _startup_done() -> None:
 def _write_config(out_dir: str, cfg: config_lib.Config) -> None:
     """config.toml, replaced atomically (a stop while writing leaves the old file or the new one)."""
     path = os.path.join(out_dir, "config.toml")
+    if storage.is_remote(path):  # an object upload is atomic by itself
+        with storage.open(path, "w") as f:
+            f.write(cfg.to_toml())
+        return
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
@@ -327,6 +356,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
             logs.save_generation(os.path.join(out_dir, "audio", f"gen_{g:04d}"), audio,
                                  models.sample_rate, lat, sp[order], embeddings[order], born=born[order])
         tb.flush()
+        metrics_file.flush()  # gs://: uploaded before the block's checkpoint
 
     if not resume:
         sp = distributed.to_host(state.sparseness)
