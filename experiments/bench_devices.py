@@ -23,19 +23,21 @@ import time
 def one(d: int, n: int, b: int, gens: int, real: bool) -> dict:
     import jax
 
-    from lvns_jax import config, search
+    from lvns_jax import config
+    from lvns_jax.assemble import assemble
 
-    models = dict(rave="untrained:v2_small", vggish="untrained") if real else dict(rave="toy", vggish="toy")
+    models = dict(rave="untrained:v2_small", embedder="untrained:vggish") if real else dict(rave="toy", embedder="toy")
     cfg = config.from_dict(dict(models, container_size=n, breed_size=b, k=30, latent_channels=8, latent_frames=64,
                                 chunk_size=64, progress=False, devices=d))
     t0 = time.perf_counter()
-    s = jax.block_until_ready(search.init(cfg))
+    eng = assemble(cfg)
+    s = jax.block_until_ready(eng.init())
     init_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s, _ = jax.block_until_ready(search.run_block(s, gens))  # compile + run
+    s, _ = jax.block_until_ready(eng.run_block(s, gens))  # compile + run
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s, m = jax.block_until_ready(search.run_block(s, gens))
+    s, m = jax.block_until_ready(eng.run_block(s, gens))
     dt = time.perf_counter() - t0
     return dict(devices=d, available=jax.device_count(), n=n, b=b, gens=gens, init_seconds=init_s,
                 first_block_seconds=first, seconds_per_gen=dt / gens, individuals_per_second=b * gens / dt,

@@ -107,7 +107,7 @@ class Config:
         return self.container_size + self.breed_size
 
     def replace(self, **changes: Any) -> "Config":
-        return from_dict({**dataclasses.asdict(self), **changes})
+        return from_dict({**dataclasses.asdict(self), **_legacy(changes)})
 
     def to_toml(self) -> str:
         lines = ["# lvns-jax resolved configuration"]
@@ -243,6 +243,8 @@ def _validate_plugins(cfg: Config) -> None:
     for key, kind in PLUGIN_KEYS.items():
         name = assemble.emitter_name(cfg) if key == "emitter" else getattr(cfg, key)
         plugins.builder(kind, name, key)(cfg)
+    if cfg.embedder.startswith("untrained:"):
+        plugins.builder("embedder", cfg.embedder.split(":", 1)[1], "embedder")
 
 
 def _legacy(values: dict[str, Any]) -> dict[str, Any]:
@@ -255,8 +257,7 @@ def _legacy(values: dict[str, Any]) -> dict[str, Any]:
 
             logging.getLogger("lvns_jax").info("config: %s = %r is read as %s (the old key still works)", key, value,
                                                ", ".join(f"{k} = {v!r}" for k, v in new.items()))
-            for k, v in new.items():
-                out.setdefault(k, v)
+            out.update(new)
         else:
             out[key] = value
     return out

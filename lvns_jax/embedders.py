@@ -73,9 +73,14 @@ def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embe
     from lvns_jax.models.vggish import model as vggish_model
     from lvns_jax.models.vggish.frontend import num_examples
 
-    if num_examples(clip_samples, sample_rate) < 1:
-        raise ConfigError(f"latent_frames: {clip_samples} samples at {sample_rate} Hz is shorter than one "
-                          f"0.96 s VGGish example; use more latent_frames")
+    if num_examples(clip_samples, sample_rate) < 1:  # VGGish embeds 0.96 s examples: no embedding (NaN)
+        frames = cfg.latent_frames
+        hop = clip_samples // frames
+        t = frames
+        while num_examples(t * hop, sample_rate) < 1:
+            t += 1
+        raise ConfigError(f"latent_frames: {frames} frames x hop {hop} = {clip_samples} samples at {sample_rate} Hz "
+                          f"is shorter than one 0.96 s VGGish example; use latent_frames >= {t}")
     model = vggish.untrained(seed=0) if weights == "untrained" else vggish.load(weights)
 
     def embed_grad(params, audio):  # the float64 front-end island is not differentiable: float32 front end

@@ -46,7 +46,11 @@ def test_toml_file_and_roundtrip(tmp_path):
     (["noise=maybe"], "noise: expected bool"),
     (["init=dataset"], "dataset_path"),
     (["rave=weights/nope"], "rave: weights directory"),
-    (["vggish=/no/such/dir"], "vggish: weights directory"),
+    (["vggish=/no/such/dir"], "embedder: weights directory"),  # the legacy key, read as embedder
+    (["embedder=/no/such/dir"], "embedder: weights directory"),
+    (["embedder=untrained:clap"], "embedder: 'clap' is not one of"),
+    (["archive=grid"], "archive: 'grid' is not one of none, threshold, random"),
+    (["archive_rate=2"], "archive_rate: must be in"),
     (["selection=replace"], "breed_size == container_size"),
     (["k"], "key=value"),
 ])

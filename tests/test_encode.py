@@ -342,12 +342,13 @@ def test_cli_dataset_run_from_encoded_folder(tmp_path, capsys):
         write(tmp_path / "in", f"c{i}.wav", tone(6 * HOP, 150 + 40 * i, seed=i))
     lat = tmp_path / "lat.npz"
     assert cli.main(["encode", str(tmp_path / "in"), "--rave", V2, "--out", str(lat), "--no-progress"]) == 0
-    from lvns_jax import config as config_lib, search
+    from lvns_jax import config as config_lib
+    from lvns_jax.assemble import assemble
 
     items = ["init=dataset", f"dataset_path={lat}", "latent_channels=4", "rave=toy", "vggish=toy",
              "container_size=4", "breed_size=2", "k=2", "generations=1", "latent_frames=4", "dataset_offset=1",
              "scan_length=1", "save_every=0", "audio_every=0", "progress=false"]
-    state = search.init(config_lib.load(None, items))
+    state = assemble(config_lib.load(None, items)).init()
     data = container.fit_frames(np.load(lat)["latents"], 4, 1)
     rows = [int(np.argmin(np.abs(data - z).sum(axis=(1, 2)))) for z in np.asarray(state.latents)]
     assert len(set(rows)) == 4  # four distinct clips, without replacement
@@ -365,7 +366,9 @@ def test_cli_dataset_run_from_encoded_folder(tmp_path, capsys):
 def test_dataset_run_decodes_with_the_converted_encoder(tmp_path, caplog):
     """Encode with v2.ts, convert the same v2.ts, init a search: no model-mismatch warning, and the
     container's decoded audio is the converted decoder's audio of the encoded latents."""
-    from lvns_jax import config as config_lib, rave, search
+    from lvns_jax import config as config_lib
+    from lvns_jax.assemble import assemble
+    from lvns_jax.models import rave
 
     for i in range(6):
         write(tmp_path / "in", f"c{i}.wav", tone(10 * HOP, 120 + 30 * i, seed=i), sr=22050)
@@ -376,7 +379,7 @@ def test_dataset_run_decodes_with_the_converted_encoder(tmp_path, caplog):
         cfg = config_lib.load(None, ["init=dataset", f"dataset_path={lat}", "latent_channels=4", f"rave={w}",
                                      "vggish=toy", "container_size=6", "breed_size=2", "k=2", "latent_frames=8",
                                      "noise=false"])
-        state = search.init(cfg)
+        state = assemble(cfg).init()
     assert "was encoded by" not in caplog.text
     assert container.dataset_model_warning(str(lat), str(w)) is None
     data = container.fit_frames(np.load(lat)["latents"], 8, 0)

@@ -58,11 +58,11 @@ def test_bench_measure_toy():
 
 
 def test_bench_synthetic_state_shapes():
-    cfg = config_lib.from_dict(dict(rave="toy", vggish="toy", container_size=10, breed_size=5, k=3,
+    cfg = config_lib.from_dict(dict(rave="toy", embedder="toy", container_size=10, breed_size=5, k=3,
                                     latent_channels=4, latent_frames=8, progress=False))
-    from lvns_jax.models.build import build_models
+    from lvns_jax.assemble import assemble
 
-    st = bench.synthetic_state(cfg, build_models(cfg))
+    st = bench.synthetic_state(assemble(cfg))
     assert st.latents.shape == (10, 4, 8) and st.embeddings.shape[0] == 10
 
 
@@ -75,13 +75,14 @@ def test_bench_cli_errors():
 
 def test_clips_shorter_than_a_vggish_example_are_refused():
     from lvns_jax.errors import ConfigError
-    from lvns_jax.models.build import _check_clip_length
+    from lvns_jax import embedders
 
     cfg = config_lib.from_dict(dict(latent_frames=20, progress=False))
     with pytest.raises(ConfigError, match=r"latent_frames: 20 frames .* use latent_frames >= 21"):
-        _check_clip_length(cfg, 44100, 2048)  # 40960 samples < 42998 (one example at 44.1 kHz)
-    _check_clip_length(cfg.replace(latent_frames=21), 44100, 2048)  # 43008 samples: one example
-    _check_clip_length(cfg.replace(vggish="toy"), 44100, 2048)  # toy embedder: any length
+        embedders.build_vggish(cfg, "untrained", 44100, 20 * 2048)  # 40960 samples < 42998 (one example at 44.1 kHz)
+    embedders.build_vggish(cfg.replace(latent_frames=21), "untrained", 44100, 21 * 2048)  # 43008 samples: one example
+    embedders.build_toy(cfg.replace(vggish="toy"), "untrained", 44100, 20 * 2048)  # toy embedder: any length
+    assert cfg.replace(vggish="toy").embedder == "toy"  # the legacy key is read as embedder
 
 
 def test_bench_through_the_cli(capsys):

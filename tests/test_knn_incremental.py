@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lvns_jax import config, knn_incremental, novelty, search, selection
+from lvns_jax import config, knn_incremental, novelty, selection
+from lvns_jax.assemble import assemble
 from lvns_jax.errors import ConfigError
 
 N, B, D, K = 40, 12, 6, 5
@@ -129,10 +130,11 @@ BASE = dict(rave="toy", vggish="toy", container_size=12, breed_size=6, k=4, late
 def test_search_step_incremental_equals_brute():
     cb = config.from_dict({**BASE, "knn": "brute"})
     ci = cb.replace(knn="incremental")
-    sb, si = search.init(cb), search.init(ci)
+    eb, ei = assemble(cb), assemble(ci)
+    sb, si = eb.init(), ei.init()
     assert sb.knn is None and si.knn is not None
-    sb, _ = search.run_block(sb, 6)
-    si, mi = search.run_block(si, 6)
+    sb, _ = eb.run_block(sb, 6)
+    si, mi = ei.run_block(si, 6)
     for f in ("latents", "embeddings", "sparseness", "born"):
         np.testing.assert_array_equal(np.asarray(getattr(si, f)), np.asarray(getattr(sb, f)), err_msg=f)
     assert "knn_recomputed" in mi and mi["knn_recomputed"].shape == (6,)

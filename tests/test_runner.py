@@ -111,10 +111,10 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
     c = runner.resume_config(out, {"generations": 6})
+    from lvns_jax.assemble import assemble
     from lvns_jax.checkpoint import Checkpoints
-    from lvns_jax.models.build import build_models
 
-    template = runner._template(c, build_models(c))
+    template = assemble(c).template()
     with caplog.at_level("WARNING", logger="lvns_jax"):
         state = Checkpoints(ckdir).restore_latest(template)
     assert int(state.generation) == 3

@@ -28,11 +28,14 @@ def test_random_control_is_uniform_and_skips_invalid():
 
 
 def test_replace_keeps_children():
-    np.testing.assert_array_equal(selection.select("replace", None, np.zeros(8), 4), [4, 5, 6, 7])
+    np.testing.assert_array_equal(selection.Replace().select(None, np.zeros(8), 4), [4, 5, 6, 7])
     with pytest.raises(ValueError, match="breed_size == container_size"):
         selection.children_only(4, 3)
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="selection"):
-        selection.select("tournament", None, np.zeros(4), 2)
+    from lvns_jax import plugins
+    from lvns_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^selection: 'tournament' is not one of novelty, random, replace"):
+        plugins.builder("selector", "tournament", "selection")
