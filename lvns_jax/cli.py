@@ -238,13 +238,23 @@ def main(argv: list[str] | None = None) -> int:
             _SIGNALS["pending"] = signum
             raise _Stopped(signum)  # if Python drops it (raised inside a gc callback), it is sent again
 
-    _SIGNALS.update(finished=False, pending=None)
+    _SIGNALS.update(finished=False, pending=None, startup_stop=False)
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with signals.redeliver_lost():
-            return _main(argv)
+            rc = _main(argv)
+        if _SIGNALS.get("startup_stop") and argv is None:  # the `lvns` process itself (not a test calling main)
+            # a start-up stopped inside JAX tracing/compiling can crash the interpreter's teardown
+            # (segfault in XLA's destructors); everything is written and flushed: leave directly
+            import logging
+
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        return rc
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -262,6 +272,7 @@ def _main(argv: list[str] | None) -> int:
     except LvnsError as e:
         if type(e).__name__ == "Interrupted":
             print(f"lvns: {e}", file=sys.stderr)
+            _SIGNALS["startup_stop"] = getattr(e, "during_startup", False)
             return 130
         if _debug(args):
             raise

@@ -29,6 +29,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from lvns_jax import storage
+from lvns_jax.errors import LvnsError
 
 
 def _wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
@@ -129,8 +130,11 @@ class MetricsFile:
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self._f.write(json.dumps(clean) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(clean) + "\n")
+            self._f.flush()
+        except OSError as e:  # disk full, ...: one line naming the file
+            raise LvnsError(f"cannot write {self.path}: {e.strerror or e}") from e
 
     def flush(self) -> None:
         """Upload the file (gs:// only; a local file is already flushed line by line)."""
@@ -174,12 +178,29 @@ def save_generation(directory: str, audio: np.ndarray, sample_rate: int, latents
             files[storage.join(directory, "born.npy")] = buf.getvalue()
         storage.write_files(files)
         return
-    os.makedirs(directory, exist_ok=True)
-    for i, clip in enumerate(np.asarray(audio, np.float32)):
-        sf.write(os.path.join(directory, f"{i:03d}.wav"), clip, sample_rate, subtype="FLOAT")
-    np.save(os.path.join(directory, "latents.npy"), np.asarray(latents, np.float32))
-    np.save(os.path.join(directory, "sparseness.npy"), np.asarray(sparseness, np.float32))
-    if embeddings is not None:
-        np.save(os.path.join(directory, "embeddings.npy"), np.asarray(embeddings, np.float32))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise LvnsError(f"cannot create {directory}: {e.strerror or e}") from e
+    for i, clip in enumerate(np.asarray(audio, np.float32)):  # encoded in memory: a full disk is an OSError
+        buf = io.BytesIO()
+        sf.write(buf, clip, sample_rate, subtype="FLOAT", format="WAV")
+        _write_file(os.path.join(directory, f"{i:03d}.wav"), buf.getvalue())
+    for name, value in (("latents", latents), ("sparseness", sparseness), ("embeddings", embeddings)):
+        if value is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(value, np.float32))
+            _write_file(os.path.join(directory, f"{name}.npy"), buf.getvalue())
     if born is not None:
-        np.save(os.path.join(directory, "born.npy"), np.asarray(born, np.int32))
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(born, np.int32))
+        _write_file(os.path.join(directory, "born.npy"), buf.getvalue())
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write ``data`` to a local ``path``; disk full, permission denied, ... -> one-line LvnsError naming it."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise LvnsError(f"cannot write {path}: {e.strerror or e}") from e

@@ -260,7 +260,6 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
                 logger.setLevel(old_level)
         except _StartupStop as e:
             name = signal.Signals(e.signum).name
-            jax.effects_barrier()
             if resume:
                 msg = f"stopped during start-up ({name}); the run is as it was: lvns run --resume {out_dir}"
             elif storage.isfile(os.path.join(out_dir, "config.toml")):
@@ -268,7 +267,9 @@ def run(cfg: config_lib.Config, out_dir: str, resume: bool = False, models: Mode
                        f"lvns run --resume {out_dir} starts it from generation 0")
             else:
                 msg = f"stopped during start-up ({name}); nothing to resume yet"
-            raise Interrupted(msg) from None
+            stop = Interrupted(msg)
+            stop.during_startup = True  # JAX may have been stopped mid-trace: the CLI exits without teardown
+            raise stop from None
         finally:
             flag["startup"] = False
 

@@ -65,6 +65,8 @@ def load_params(directory: str | os.PathLike, kind: str | None = None) -> tuple[
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(ckpt_dir)
-    except Exception as e:  # orbax raises many types for damaged checkpoints
-        raise WeightsError(f"corrupt or unreadable parameters in {ckpt_dir}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # orbax raises many types for damaged checkpoints (some with pages of detail)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise WeightsError(f"corrupt or unreadable parameters in {ckpt_dir}: {type(e).__name__}: {first} "
+                           f"(re-convert with `lvns convert`)") from e
     return params, meta
