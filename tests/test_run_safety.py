@@ -272,6 +272,25 @@ def test_sigterm_early_in_a_subprocess_ends_in_one_line_and_a_usable_directory(t
     assert int(state.generation) >= 2
 
 
+def test_sigterm_mid_run_in_a_subprocess_is_one_line_and_info_lines_reach_stderr(tmp_path):
+    out = str(tmp_path / "r")
+    proc = _lvns(["run", "--out", out] + items(generations=10**7, scan_length=2, checkpoint_every=0,
+                                                save_every=0, audio_every=0))
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    [stopped] = [line for line in err.splitlines() if line.startswith("lvns: stopped")]
+    assert stopped.startswith("lvns: stopped at generation ") and "(SIGTERM); checkpoint written" in stopped
+    assert "INFO compiled a block of 2 generations" in err
+    log_text = open(os.path.join(out, "run.log")).read()
+    assert "INFO compiled a block of 2 generations" in log_text and "stopped at generation" in log_text
+
+
 # --- E: I/O errors: one line naming the path and the cause, earlier checkpoints intact -------------------
 
 def test_disk_full_while_saving_audio_is_one_line_and_resumable(tmp_path, capsys):
@@ -289,6 +308,20 @@ def test_disk_full_while_saving_audio_is_one_line_and_resumable(tmp_path, capsys
     os.remove(wav)
     state = runner.run(runner.resume_config(str(out)), str(out), resume=True)
     assert int(state.generation) == 6
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_permission_denied_is_one_line(tmp_path, capsys):
+    out = tmp_path / "r"
+    (out / "audio").mkdir(parents=True)
+    os.chmod(out / "audio", 0o555)
+    try:
+        rc = cli.main(["run", "--out", str(out)] + items(generations=3))
+    finally:
+        os.chmod(out / "audio", 0o755)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert error_lines(err) == [f"lvns: error: cannot create {out / 'audio' / 'gen_0000'}: Permission denied"]
 
 
 def test_checkpoint_write_error_is_one_line_and_keeps_earlier_checkpoints(run_copy, capsys, monkeypatch):
