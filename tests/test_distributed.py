@@ -75,6 +75,13 @@ SCRIPT = textwrap.dedent("""
         s, _ = e.run_block(e.init(), 4)
         summary["incremental"] = dict(shards=len(s.latents.sharding.device_set))
         np.savez(os.path.join(out, "inc.npz"), **arrays(s))
+        for d in (1, inc):  # a novelty archive, its rows split over the devices
+            e = assemble(config.from_dict({**BASE, "devices": d, "archive": "threshold", "archive_size": 16,
+                                           "chunk_size": chunks[0]}))
+            s, _ = e.run_block(e.init(), 4)
+            summary[f"archive{d}"] = dict(shards=len(s.archive.embeddings.sharding.device_set), size=int(s.archive.size))
+            np.savez(os.path.join(out, f"archive{d}.npz"), **arrays(s), archive_born=np.asarray(s.archive.born),
+                     archive_slot=np.asarray(s.archive.slot), archive_emb=np.asarray(s.archive.embeddings))
 
     if "--runner" in sys.argv:  # the whole run directory machinery: 8 devices, then resume on 1
         R = dict(BASE, generations=4, scan_length=2, checkpoint_every=2, save_every=2, audio_every=2)
@@ -155,6 +162,16 @@ def test_incremental_knn_on_8_devices_equals_brute_force_on_1(eight):
     tmp, summary = eight
     assert summary["incremental"]["shards"] == 8
     _assert_same_run(_load(tmp, "inc"), _load(tmp, "d1x2"))
+
+
+def test_archive_on_8_devices_equals_1(eight):
+    tmp, summary = eight
+    assert summary["archive8"]["shards"] == 8 and summary["archive8"]["size"] == summary["archive1"]["size"] > 0
+    a, b = _load(tmp, "archive1"), _load(tmp, "archive8")
+    _assert_same_run(a, b)
+    np.testing.assert_array_equal(a["archive_born"], b["archive_born"])
+    np.testing.assert_array_equal(a["archive_slot"], b["archive_slot"])
+    np.testing.assert_allclose(a["archive_emb"], b["archive_emb"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -25,9 +25,13 @@ def cfg(**kw):
 
 
 def final_arrays(state):
-    a = state.evolution_arrays()
-    a["key"] = jax.random.key_data(a["key"])
-    return {k: np.asarray(v) for k, v in a.items()}
+    """Every checkpointed array (archive included), keys as their data."""
+    out = {}
+    for path, v in jax.tree_util.tree_leaves_with_path(state.evolution_arrays()):
+        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+            v = jax.random.key_data(v)
+        out[jax.tree_util.keystr(path)] = np.asarray(v)
+    return out
 
 
 def test_run_directory_contents_and_tensorboard(tmp_path):
@@ -75,13 +79,15 @@ def test_run_directory_contents_and_tensorboard(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "checkpoints")))  # orbax steps exist
 
 
-def test_resume_is_bit_exact(tmp_path):
-    whole = runner.run(cfg(generations=6), str(tmp_path / "whole"))
+@pytest.mark.parametrize("extra", [dict(), dict(archive="threshold", archive_size=10, archive_rate=0.2)])
+def test_resume_is_bit_exact(tmp_path, extra):
+    whole = runner.run(cfg(generations=6, **extra), str(tmp_path / "whole"))
     part = str(tmp_path / "part")
     with pytest.raises(runner.Interrupted):
-        runner.run(cfg(generations=6), part, stop_after=3)
+        runner.run(cfg(generations=6, **extra), part, stop_after=3)
     resumed = runner.run(runner.resume_config(part), part, resume=True)
     a, b = final_arrays(whole), final_arrays(resumed)
+    assert a.keys() == b.keys() and (not extra or any("archive" in k for k in a))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     recs_whole = [json.loads(x) for x in open(tmp_path / "whole" / "metrics.jsonl")]
