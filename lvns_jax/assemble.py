@@ -33,6 +33,19 @@ def emitter_name(cfg: Config) -> str:
     return "paper"
 
 
+def check(cfg: Config) -> Config:
+    """``cfg`` if every plug-in key names a registered plug-in whose builder accepts the config (cheap:
+    no models are built); else a one-line ConfigError naming the key."""
+    from lvns_jax.config import PLUGIN_KEYS
+
+    for key, kind in PLUGIN_KEYS.items():
+        name = emitter_name(cfg) if key == "emitter" else getattr(cfg, key)
+        plugins.builder(kind, name, key)(cfg)
+    if cfg.embedder.startswith("untrained:"):
+        plugins.builder("embedder", cfg.embedder.split(":", 1)[1], "embedder")
+    return cfg
+
+
 def build_models(cfg: Config) -> Models:
     """The generator (``rave`` key) and embedder (``embedder`` key) as the engine's :class:`Models`."""
     gen = plugins.builder("generator", generators.name_of(cfg.rave), "rave")(cfg)
@@ -57,6 +70,7 @@ def build_models(cfg: Config) -> Models:
 def assemble(cfg: Config, models: Models | None = None, devices=None) -> Search:
     """The search a config describes. ``models``: use these instead of the ``rave``/``embedder`` keys
     (tests, benchmarks); ``devices``: the devices to shard over (default: the running ones)."""
+    check(cfg)
     if models is None:
         models = build_models(cfg)
     mesh = distributed.make_mesh(cfg, devices)

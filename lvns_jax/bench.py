@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     base = config_lib.parse_overrides(a.items)
-    config_lib.from_dict(base)  # fail early on bad keys
+    from lvns_jax.assemble import check
+
+    check(config_lib.from_dict(base))  # fail early on bad keys and plug-in names
     if a.baseline and not (a.ref_python and a.rave_ts and a.vggish_pth):
         raise LvnsError("--baseline needs --ref-python, --rave-ts and --vggish-pth "
                         "(see experiments/README.md: make them with experiments/baselines/make_weights.py)")

@@ -71,7 +71,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = runner.resume_config(args.resume, config_lib.parse_overrides(items))
         out = args.resume
     else:
-        cfg = config_lib.load(path, items)
+        from lvns_jax.assemble import check
+
+        cfg = check(config_lib.load(path, items))  # plug-in names too, before anything is written
         name = os.path.splitext(os.path.basename(path))[0] if path else "default"
         out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"lvns: run directory {out}", file=sys.stderr)

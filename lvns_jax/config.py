@@ -25,7 +25,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "gradient_optimizer": ("adam", "sgd"),
 }
 
-# Keys naming a plug-in (lvns_jax.plugins): their allowed values are the registered names.
+# Keys naming a plug-in (lvns_jax.plugins): their allowed values are the registered names, checked by
+# lvns_jax.assemble.check (the plug-ins' own keys are checked by their builders there).
 PLUGIN_KEYS: dict[str, str] = {"emitter": "emitter", "selection": "selector", "knn": "scorer", "archive": "archive"}
 
 # Model specs that need no weight files.
@@ -188,7 +189,6 @@ def validate(cfg: Config) -> Config:
     need(cfg.knn_chunk >= 0, "knn_chunk", "must be >= 0 (0 = automatic)")
     _validate_scale_out(cfg, need)
     need(cfg.scan_length >= 1, "scan_length", "must be >= 1")
-    _validate_plugins(cfg)
     for key in ("checkpoint_every", "save_every", "audio_every"):
         need(getattr(cfg, key) >= 0, key, "must be >= 0 (0 = never)")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
@@ -233,18 +233,6 @@ def _validate_scale_out(cfg: Config, need) -> None:
     need(cfg.knn_width == 0 or cfg.knn_width >= cfg.k, "knn_width", f"must be 0 (= 2k) or >= k = {cfg.k}")
     need(0.0 <= cfg.knn_approx < 1.0, "knn_approx", "must be in [0, 1) (0 = exact)")
     need(cfg.devices >= 0, "devices", "must be >= 0 (0 = all devices)")
-
-
-def _validate_plugins(cfg: Config) -> None:
-    """The plug-in keys name registered plug-ins whose builders accept the config (each builder checks
-    its own keys; building these is cheap: no models)."""
-    from lvns_jax import assemble, plugins
-
-    for key, kind in PLUGIN_KEYS.items():
-        name = assemble.emitter_name(cfg) if key == "emitter" else getattr(cfg, key)
-        plugins.builder(kind, name, key)(cfg)
-    if cfg.embedder.startswith("untrained:"):
-        plugins.builder("embedder", cfg.embedder.split(":", 1)[1], "embedder")
 
 
 def _legacy(values: dict[str, Any]) -> dict[str, Any]:

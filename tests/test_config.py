@@ -55,8 +55,11 @@ def test_toml_file_and_roundtrip(tmp_path):
     (["k"], "key=value"),
 ])
 def test_errors_name_the_key(items, match):
+    """Key errors come from the config; plug-in names and their keys from assembling it (no models)."""
+    from lvns_jax.assemble import check
+
     with pytest.raises(ConfigError, match=match):
-        config.load(None, TOY + items)
+        check(config.load(None, TOY + items))
 
 
 def test_toml_wrong_type_and_bad_syntax(tmp_path):

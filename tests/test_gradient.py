@@ -253,8 +253,10 @@ def test_step_with_gradient_mutation_is_deterministic_scan_equals_step_and_logs_
     (dict(emitter="evolve"), "emitter"),
 ])
 def test_config_validation(kw, key):
+    from lvns_jax.assemble import check
+
     with pytest.raises(ConfigError, match=f"^{key}:"):
-        cfg(**kw)
+        check(cfg(**kw))
 
 
 def test_config_overrides_from_the_command_line():

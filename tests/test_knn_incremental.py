@@ -141,20 +141,22 @@ def test_search_step_incremental_equals_brute():
 
 
 def test_config_validation():
+    from lvns_jax.assemble import check
+
     with pytest.raises(ConfigError, match="sparseness_rule.*nearest"):
-        config.from_dict({**BASE, "knn": "incremental", "sparseness_rule": "farthest"})
+        check(config.from_dict({**BASE, "knn": "incremental", "sparseness_rule": "farthest"}))
     with pytest.raises(ConfigError, match="reevaluate_container"):
-        config.from_dict({**BASE, "knn": "incremental", "reevaluate_container": True})
+        check(config.from_dict({**BASE, "knn": "incremental", "reevaluate_container": True}))
     with pytest.raises(ConfigError, match="knn:.*brute, incremental"):
-        config.from_dict({**BASE, "knn": "faiss"})
+        check(config.from_dict({**BASE, "knn": "faiss"}))
     with pytest.raises(ConfigError, match="knn_approx"):
-        config.from_dict({**BASE, "knn_approx": 1.5})
+        check(config.from_dict({**BASE, "knn_approx": 1.5}))
     with pytest.raises(ConfigError, match="knn"):
-        config.from_dict({**BASE, "knn": "incremental", "knn_approx": 0.9})
+        check(config.from_dict({**BASE, "knn": "incremental", "knn_approx": 0.9}))
     with pytest.raises(ConfigError, match="knn_width"):
-        config.from_dict({**BASE, "knn": "incremental", "knn_width": 2})
+        check(config.from_dict({**BASE, "knn": "incremental", "knn_width": 2}))
     with pytest.raises(ConfigError, match="devices"):
-        config.from_dict({**BASE, "devices": -1})
+        check(config.from_dict({**BASE, "devices": -1}))
     c = config.load(None, ["knn=incremental", "devices=0", "knn_approx=0", "multihost=false"])
     assert (c.knn, c.devices, c.knn_approx, c.multihost) == ("incremental", 0, 0.0, False)
 

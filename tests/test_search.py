@@ -230,7 +230,9 @@ def test_plugins_are_static_and_the_config_is_not_in_the_state():
     assert all(isinstance(x, jax.Array) for x in leaves)  # only model parameters are leaves
     for kind in plugins.KINDS:
         assert plugins.names(kind)
+    from lvns_jax.assemble import check
+
     with pytest.raises(config.ConfigError, match="^selection: 'tournament' is not one of novelty, random, replace"):
-        cfg(selection="tournament")
+        check(cfg(selection="tournament"))
     with pytest.raises(config.ConfigError, match="^archive:"):
-        cfg(archive="grid")
+        assemble(cfg(archive="grid"))
