@@ -32,26 +32,29 @@ of all processes. Logging, TensorBoard, metrics, WAV files and the resolved conf
 process 0 only; orbax checkpoints are written by all processes together (each its own shards) and
 restore onto any device count (a checkpoint written on 8 devices continues on 1).
 
-Launch commands::
+Launch commands (the configs are in ``experiments/configs/``; ``.venv/bin/lvns`` is ``lvns`` in the
+project's venv; gs:// needs ``pip install -e '.[gcs]'`` on every host)::
 
     # TPU pod slice (e.g. v5e-32, 8 hosts): same command on every host; topology auto-detected
     gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command \\
-        "cd lvns-jax && lvns run configs/big.toml multihost=true --out gs://BUCKET/run1"
+        "cd lvns-jax && .venv/bin/lvns run experiments/configs/big.toml multihost=true --out gs://BUCKET/run1"
 
     # several GPU hosts (here 2 hosts x 8 GPUs): one process per host
     # host 0:
     JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \\
-        lvns run configs/big.toml multihost=true --out /shared/run1
+        .venv/bin/lvns run experiments/configs/big.toml multihost=true --out /shared/run1
     # host 1: the same with JAX_PROCESS_ID=1
     # (under SLURM or Open MPI, srun/mpirun set these up: jax.distributed.initialize() detects them)
 
     # one host, all of its GPUs: nothing to do (devices = 0 takes them all)
-    lvns run configs/big.toml --out runs/big
+    .venv/bin/lvns run experiments/configs/big.toml --out runs/big
 
     # CPU, to try the sharded code path: 8 forced host devices
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 lvns run configs/quick.toml --out runs/q8
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/lvns run experiments/configs/quick.toml \\
+        --out runs/q8
 
-``--out`` must be a directory all processes see (a shared file system or a bucket orbax can write).
+``--out`` must be a directory all processes see: a shared file system, or a ``gs://BUCKET/PATH`` URL
+(:mod:`lvns_jax.storage`: orbax writes the checkpoints there itself, process 0 uploads the rest).
 """
 
 from __future__ import annotations
