@@ -87,3 +87,16 @@ def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embe
         return vggish_model.embed(params, audio, sample_rate, high_precision=False)
 
     return Embedder(model.params, model.pure_embed(sample_rate), model.description, model.trained, embed_grad)
+
+
+@plugins.register("embedder", "panns")
+def build_panns(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+    """PANNs CNN14 (:mod:`lvns_jax.models.panns`): resampled to 32 kHz, 64-band log-mel, 2048-d embedding."""
+    from lvns_jax.models import panns
+
+    model = panns.untrained(seed=0) if weights == "untrained" else panns.load(weights)
+    need = model.min_samples(sample_rate)
+    if clip_samples < need:
+        raise ConfigError(f"latent_frames: {clip_samples} samples at {sample_rate} Hz is shorter than the "
+                          f"{need} samples CNN14 needs; use more latent_frames")
+    return Embedder(model.params, model.pure_embed(sample_rate), model.description, model.trained)

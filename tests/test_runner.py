@@ -170,3 +170,23 @@ def test_next_stop_grid():
         g = runner.next_stop(g, c)
         stops.append(g)
     assert stops == [3, 4, 6, 8, 9, 10]
+
+
+def test_a_checkpoint_of_the_old_state_format_is_refused_in_one_line(tmp_path):
+    """Checkpoints written before identity keys and archives (no ``_state_format``) are refused."""
+    import orbax.checkpoint as ocp
+
+    from lvns_jax.assemble import assemble
+    from lvns_jax.checkpoint import Checkpoints
+
+    c = cfg()
+    e = assemble(c)
+    state = e.init()
+    old = {f: getattr(state, f) for f in ("key", "generation", "latents", "embeddings", "sparseness", "born",
+                                           "invalid_total")}
+    mgr = ocp.CheckpointManager(str(tmp_path / "ck"), options=ocp.CheckpointManagerOptions(create=True))
+    mgr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(old), config=ocp.args.JsonSave({"k": 3})))
+    mgr.wait_until_finished()
+    mgr.close()
+    with pytest.raises(LvnsError, match=r"^checkpoint 0 in .* holds state format 1, this lvns-jax reads format 2"):
+        Checkpoints(str(tmp_path / "ck")).restore_latest(e.template())
