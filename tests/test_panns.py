@@ -296,3 +296,19 @@ def test_load_errors(tmp_path, params):
     (tmp_path / "partial" / "meta.json").write_text("{not json")
     with pytest.raises(LvnsError, match="corrupt"):
         panns.load(tmp_path / "partial")
+
+
+def test_bench_knn_dim_smoke(tmp_path, capsys):
+    """experiments/panns/bench_knn_dim.py runs (kNN half only, tiny sizes) and writes its JSON."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "panns", "bench_knn_dim.py")
+    spec = importlib.util.spec_from_file_location("bench_knn_dim", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "b.json"
+    assert mod.main(["--container", "40", "--breed", "10", "--k", "5", "--knn-repeats", "1", "--skip-embed",
+                     "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["pool"] == 50 and res["knn_ratio_2048_over_128"] > 0
+    assert "2048-d" in capsys.readouterr().out
