@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from lvns_jax import storage
 from lvns_jax.errors import LvnsError
 from lvns_jax.logs import read_metrics
 
@@ -45,27 +46,36 @@ def _column(records: list[dict], key: str) -> np.ndarray:
 
 def load_curves(run_dir: str, label: str | None = None) -> RunCurves:
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    if not storage.isfile(path):  # a local path or gs://BUCKET/RUN
         raise LvnsError(f"{run_dir}: no metrics.jsonl (not a run directory made by `lvns run`)")
     records = sorted(read_metrics(path), key=lambda r: r["generation"])
     if not records:
         raise LvnsError(f"{path} is empty")
     step = np.nan_to_num(_column(records, "step_seconds"))
     return RunCurves(
-        label=label or os.path.basename(os.path.normpath(run_dir)),
+        label=label or storage.basename(run_dir),
         generation=np.array([int(r["generation"]) for r in records]),
         mean=_column(records, "sparseness_mean"), min=_column(records, "sparseness_min"),
         max=_column(records, "sparseness_max"), seconds=np.cumsum(step))
+
+
+def _load_npy(path: str) -> np.ndarray:
+    if not storage.is_remote(path):
+        return np.load(path)
+    import io
+
+    with storage.open(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
 
 
 def saved_generations(run_dir: str) -> dict[int, str]:
     """``{generation: folder}`` of the ``audio/gen_XXXX`` folders that hold ``embeddings.npy``."""
     root = os.path.join(run_dir, "audio")
     out = {}
-    if os.path.isdir(root):
-        for name in os.listdir(root):
+    if storage.isdir(root):
+        for name in storage.listdir(root):
             m = re.fullmatch(r"gen_(\d+)", name)
-            if m and os.path.isfile(os.path.join(root, name, "embeddings.npy")):
+            if m and storage.isfile(os.path.join(root, name, "embeddings.npy")):
                 out[int(m.group(1))] = os.path.join(root, name)
     return dict(sorted(out.items()))
 
@@ -163,7 +173,7 @@ def plot_runs(run_dirs: list[str], out: str, *, x: str = "generation", pca_gener
         ax.legend(fontsize="small")
     for j, (label, gens) in enumerate(pca_runs):
         ax = fig.add_subplot(grid[1, j])
-        embs = [np.load(os.path.join(folder, "embeddings.npy")) for folder in gens.values()]
+        embs = [_load_npy(os.path.join(folder, "embeddings.npy")) for folder in gens.values()]
         proj, _, ratio = pca_2d(np.concatenate(embs))
         start = 0
         cmap_colours = [f"C{i % 10}" for i in range(len(gens))]

@@ -144,6 +144,14 @@ def test_gs_run_resume_matches_local_run(emulator, tmp_path):
     assert [e.value for e in means] == pytest.approx([r["sparseness_mean"] for r in here], rel=1e-6)
     assert [a.step for a in acc.Audio("most_novel/0")] == [0, 2, 4, 6]
 
+    # lvns plot reads a gs:// run directory (metrics + saved embeddings) next to a local one
+    fig = tmp_path / "cmp.png"
+    pytest.importorskip("matplotlib")
+    proc = subprocess.run([sys.executable, "-m", "lvns_jax.cli", "plot", run, local, "--out", str(fig),
+                           "--labels", "gs,local"], env=_env(emulator), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert fig.stat().st_size > 0
+
 
 def test_gs_missing_bucket_is_one_line(emulator):
     proc = subprocess.run([sys.executable, "-m", "lvns_jax.cli", "run", "--out", "gs://no-such-bucket/r",
@@ -175,3 +183,12 @@ def test_local_paths_are_plain_os_paths(tmp_path):
     staged = storage.Staged(os.path.join(p, "x.txt"))
     assert staged.local == os.path.join(p, "x.txt") and not staged.remote
     assert storage.join("gs://b/run", "tb", "x") == "gs://b/run/tb/x"
+
+
+def test_gs_without_gcsfs_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if the gcs extra were not installed
+    with pytest.raises(LvnsError, match=r"^gs://b/run1: gs:// run directories need fsspec and gcsfs: "
+                                         r"pip install -e '\.\[gcs\]'$"):
+        storage.check("gs://b/run1")
+    with pytest.raises(LvnsError, match="expected gs://BUCKET/PATH"):
+        storage.check("gs:///run1")
