@@ -43,6 +43,27 @@ class Interrupted(LvnsError):
     """The run was stopped by a signal after writing a checkpoint."""
 
 
+def _interruptible(fn):
+    """``fn()`` in a worker thread while the main thread waits: Python runs signal handlers only in the
+    main thread, between bytecodes, so a compiled block would otherwise hold a SIGTERM/Ctrl-C back for
+    its whole length. The handler sets the flag that the block's in-scan stop check reads."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # re-raised in the main thread
+            box["err"] = e
+
+    worker = threading.Thread(target=work, name="lvns-block", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
 def next_stop(gen: int, cfg: config_lib.Config) -> int:
     """First generation after ``gen`` at which the host must act (log/save/checkpoint/end)."""
     stops = [cfg.generations]
@@ -102,7 +123,7 @@ def _stop_on_signals():
         if flag["startup"]:
             raise _StartupStop(signum)
         if not again:
-            log.warning("received %s: finishing the current block, then checkpointing",
+            log.warning("received %s: finishing the current generation, then checkpointing",
                         signal.Signals(signum).name)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -396,8 +417,7 @@ def _run(cfg, out_dir, resume, models, stop_after):
                     log.info("compiled a block of %d generations in %.1f s", length, compile_s)
                     tb.scalar("perf/compile_seconds", compile_s, gen)
                 t0 = time.perf_counter()
-                state, block_metrics = compiled[length](eng, state)
-                block_metrics = jax.device_get(block_metrics)
+                state, block_metrics = _interruptible(lambda: jax.device_get(compiled[length](eng, state)))
                 dt = time.perf_counter() - t0
                 last_done = state
                 done = int(state.generation) - gen  # < length when a stop request skipped the rest

@@ -57,6 +57,24 @@ def test_bench_measure_toy():
     assert "     12      6    4" in bench.table([{**r, "name": "x"}])
 
 
+@pytest.mark.parametrize("extra", [dict(mutation="gradient", gradient_steps=1),
+                                   dict(emitter="mix", emitter_mix="gradient:0.5,paper", gradient_steps=1),
+                                   dict(archive="threshold", knn="incremental")])
+def test_bench_times_the_step_lvns_run_runs(extra):
+    """Bench uses the step's own stage functions and search.step itself: every emitter/scorer/archive."""
+    from lvns_jax import search
+    from lvns_jax.assemble import assemble
+
+    cfg = config_lib.from_dict(dict(rave="toy", embedder="toy", container_size=12, breed_size=6, k=4,
+                                    latent_channels=4, latent_frames=8, chunk_size=4, progress=False, **extra))
+    r = bench.measure(cfg, repeats=1)
+    assert r["stages"]["step"]["seconds"] > 0 and r["config"]["emitter"] == type(assemble(cfg).emitter).__name__
+    # the synthetic state is one the step accepts: the very function lvns run compiles
+    e = assemble(cfg)
+    s, m = search.step(e, bench.synthetic_state(e))
+    assert int(s.generation) == 1
+
+
 def test_bench_synthetic_state_shapes():
     cfg = config_lib.from_dict(dict(rave="toy", embedder="toy", container_size=10, breed_size=5, k=3,
                                     latent_channels=4, latent_frames=8, progress=False))

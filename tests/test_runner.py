@@ -190,3 +190,39 @@ def test_a_checkpoint_of_the_old_state_format_is_refused_in_one_line(tmp_path):
     mgr.close()
     with pytest.raises(LvnsError, match=r"^checkpoint 0 in .* holds state format 1, this lvns-jax reads format 2"):
         Checkpoints(str(tmp_path / "ck")).restore_latest(e.template())
+
+
+def test_sigterm_inside_a_compiled_block_stops_within_one_generation(tmp_path):
+    """A 20-generation block; SIGTERM arrives during generation 3's decoding: the run stops after at
+    most one more generation, writes that checkpoint, and resumes to the uninterrupted result."""
+    import functools
+
+    from lvns_jax.assemble import build_models
+    from lvns_jax.models import toy
+
+    c = cfg(generations=20, scan_length=20, checkpoint_every=0, save_every=0, audio_every=0)
+    calls = {"n": 0}
+
+    def maybe_signal():
+        calls["n"] += 1
+        if calls["n"] == 3 * 2:  # 2 chunked decode calls per generation (breed 5 in chunks of 4): generation 3
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def decode(params, z, key):
+        jax.debug.callback(maybe_signal)
+        return toy.decode_noisy(params, z, key)
+
+    models = build_models(c).replace(decode=decode)
+    out = str(tmp_path / "r")
+    with pytest.raises(runner.Interrupted, match=r"stopped at generation \d+ \(SIGTERM\)") as info:
+        runner.run(c, out, models=models)
+    from lvns_jax.checkpoint import step_dirs
+
+    stopped = int(str(info.value).split("generation ")[1].split()[0])
+    assert 1 <= stopped <= 4  # the signal came during the first generations of a 20-generation block
+    assert max(step_dirs(os.path.join(out, "checkpoints"))) == stopped
+    resumed = runner.run(runner.resume_config(out), out, resume=True, models=build_models(c).replace(decode=functools.partial(toy.decode_noisy)))
+    whole = runner.run(c, str(tmp_path / "w"))
+    a, b = final_arrays(whole), final_arrays(resumed)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -236,3 +236,24 @@ def test_plugins_are_static_and_the_config_is_not_in_the_state():
         check(cfg(selection="tournament"))
     with pytest.raises(config.ConfigError, match="^archive:"):
         assemble(cfg(archive="grid"))
+
+
+def test_a_stop_request_takes_effect_within_one_generation():
+    """run_block checks the host's stop flag before every generation (io_callback): once it is set the
+    rest of the block is skipped (state unchanged, metrics NaN / -1), so a signal costs < 1 generation."""
+    e, s = start(cfg())
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    s5, m = search.run_block(e, s, 6, stop_after_two)
+    assert int(s5.generation) == 2
+    np.testing.assert_array_equal(np.asarray(m["generation"]), [1, 2, -1, -1, -1, -1])
+    assert np.isnan(np.asarray(m["sparseness_mean"])[2:]).all()
+    ref, _ = e.run_block(s, 2)  # the two generations done are the ordinary ones
+    assert_same(s5, ref)
+    never, mn = search.run_block(e, s, 3, lambda: False)
+    ref3, _ = e.run_block(s, 3)
+    assert_same(never, ref3)
