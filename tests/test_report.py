@@ -465,7 +465,7 @@ def test_report_in_headless_chromium(browser, tmp_path):
     assert os.path.getsize(shot) > 10_000
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("LVNS_REPORT_SCREENSHOT"):  # to refresh docs/report.png
+    if os.environ.get("LVNS_REPORT_SCREENSHOT"):  # to refresh experiments/report/report_toy.png
         shutil.copy(shot, os.environ["LVNS_REPORT_SCREENSHOT"])
     errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
     assert not errors, errors[:3]
