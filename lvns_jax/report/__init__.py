@@ -213,7 +213,7 @@ def load_generation(g: int, folder: str) -> Generation:
 
 def untrained_notice(run_dir: str, cfg: dict) -> str | None:
     """The run's UNTRAINED notice: the line ``lvns run`` logged, else what the config's ``rave`` /
-    ``vggish`` keys say (``toy``, ``untrained...``, or a weights dir whose meta.json has trained=false)."""
+    ``embedder`` keys say (``toy``, ``untrained...``, or a weights dir whose meta.json has trained=false)."""
     log = os.path.join(run_dir, "run.log")
     if os.path.isfile(log):
         with open(log, errors="replace") as f:
@@ -221,7 +221,9 @@ def untrained_notice(run_dir: str, cfg: dict) -> str | None:
                 if UNTRAINED_MARK in line:
                     return line[line.index(UNTRAINED_MARK):].strip()
     bad = []
-    for key, default in (("rave", "untrained:v1"), ("vggish", "untrained")):
+    keys = [("rave", "untrained:v1"), ("embedder" if "embedder" in cfg or "vggish" not in cfg else "vggish",
+                                         "untrained:vggish")]  # (runs of older versions saved `vggish`)
+    for key, default in keys:
         spec = str(cfg.get(key, default))
         if spec == "toy" or spec.startswith("untrained"):
             bad.append(f"{key} = {spec!r}")
