@@ -1,6 +1,6 @@
 """Random-init, real-size weights for the benchmark baseline (run in the reference venv).
 
-    /work/refvenv/bin/python experiments/baselines/make_weights.py --out weights/bench
+    refvenv/bin/python experiments/baselines/make_weights.py --out weights/bench
 
 writes ``v1.ts`` (acids-rave v1 built from its packaged gin config, seed 0, exported with
 acids-rave's own export code, user latent 8 as the paper's VCTK model) and ``vggish.pth``

@@ -11,7 +11,7 @@ h5py and the file output are left out (none of them is in the timed path).
 
 Runs in the reference venv (acids-rave is not needed, only torch, torchvggish, resampy)::
 
-    /work/refvenv/bin/python experiments/baselines/original_lvns.py \
+    refvenv/bin/python experiments/baselines/original_lvns.py \
         --ts weights/bench/v1.ts --vggish weights/bench/vggish.pth \
         --container 500 --breed 100 --k 50 --generations 2
 
