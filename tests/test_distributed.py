@@ -189,7 +189,7 @@ def test_1_2_4_8_devices_x_chunk_1_7_32_and_the_runner_on_8_resumed_on_1(tmp_pat
 def test_untrained_real_size_v2_small_same_run_on_1_and_4_devices_with_noise_on(tmp_path):
     """Real-size (untrained) RAVE v2_small + VGGish, noise on: 1 and 4 devices x chunk 1 and 3 agree."""
     extra = dict(rave="untrained:v2_small", embedder="untrained:vggish", container_size=8, breed_size=4, k=3,
-                 latent_channels=8, latent_frames=32)
+                 latent_channels=8, latent_frames=96)
     summary = _run_script(tmp_path, "1,4", 0, chunks="1,3", extra=extra)
     _check_devices(tmp_path, summary, (1, 4), (1, 3))
 

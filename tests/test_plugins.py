@@ -18,7 +18,7 @@ BASE = dict(rave="toy", embedder="toy", container_size=12, breed_size=6, k=4, la
             latent_frames=8, chunk_size=4, progress=False)
 
 
-def test_the_documented_tournament_selector_plugs_in(tmp_path):
+def test_the_documented_tournament_selector_plugs_in(tmp_path, request):
     text = open(DOC).read()
     code = re.search(r"`lvns_jax/tournament.py`:\n\n```python\n(.*?)```", text, re.S).group(1)
     path = tmp_path / "tournament_example.py"
@@ -27,6 +27,7 @@ def test_the_documented_tournament_selector_plugs_in(tmp_path):
     module = importlib.util.module_from_spec(spec)
     sys.modules["tournament_example"] = module
     spec.loader.exec_module(module)  # registers "tournament"
+    request.addfinalizer(lambda: plugins._REGISTRY["selector"].pop("tournament", None))  # keep other tests' registry
     assert "tournament" in plugins.names("selector")
     e = assemble(config.from_dict({**BASE, "selection": "tournament"}))
     s, m = e.run_block(e.init(), 3)

@@ -232,8 +232,8 @@ def test_plugins_are_static_and_the_config_is_not_in_the_state():
         assert plugins.names(kind)
     from lvns_jax.assemble import check
 
-    with pytest.raises(config.ConfigError, match="^selection: 'tournament' is not one of novelty, random, replace"):
-        check(cfg(selection="tournament"))
+    with pytest.raises(config.ConfigError, match="^selection: 'bogus_rule' is not one of novelty, random, replace"):
+        check(cfg(selection="bogus_rule"))
     with pytest.raises(config.ConfigError, match="^archive:"):
         assemble(cfg(archive="grid"))
 

@@ -37,5 +37,5 @@ def test_unknown_method():
     from lvns_jax import plugins
     from lvns_jax.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="^selection: 'tournament' is not one of novelty, random, replace"):
-        plugins.builder("selector", "tournament", "selection")
+    with pytest.raises(ConfigError, match="^selection: 'bogus_rule' is not one of novelty, random, replace"):
+        plugins.builder("selector", "bogus_rule", "selection")

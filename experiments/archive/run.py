@@ -32,7 +32,7 @@ SETUPS = {
     "toy": dict(rave="toy", embedder="toy", container_size=64, breed_size=32, k=10, latent_channels=4,
                 latent_frames=16, chunk_size=32),
     "untrained-v2_small+vggish": dict(rave="untrained:v2_small", embedder="untrained:vggish", container_size=32,
-                                      breed_size=16, k=8, latent_channels=8, latent_frames=32, chunk_size=16),
+                                      breed_size=16, k=8, latent_channels=8, latent_frames=96, chunk_size=16),
 }
 
 
