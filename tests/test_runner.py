@@ -153,7 +153,7 @@ def test_sigterm_writes_checkpoint_and_resume_finishes(tmp_path):
     assert "checkpoint written" in err and "--resume" in err
     steps = sorted(int(s) for s in os.listdir(os.path.join(out, "checkpoints")) if s.isdigit())
     last = steps[-1]
-    assert last >= 4 and last % 2 == 0
+    assert last >= 4  # any generation: a stop takes effect within one generation, not at a block's end
     recs = [json.loads(x) for x in open(metrics)]
     assert recs[-1]["generation"] == last
     # resume to a nearby end and compare with an uninterrupted run

@@ -186,8 +186,9 @@ def test_balanced_chunks_hand_worked():
     assert seen == [(4,)]  # 3 chunks of 4: 10 rows + 2 padded (repeats of row 0), cut off again
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(knn="incremental"), dict(archive="threshold", archive_size=12),
-                                   dict(gradient_fraction=0.5, gradient_steps=2)])
+@pytest.mark.parametrize("extra", [dict(), pytest.param(dict(knn="incremental"), marks=pytest.mark.slow),
+                                   dict(archive="threshold", archive_size=12),
+                                   pytest.param(dict(gradient_fraction=0.5, gradient_steps=2), marks=pytest.mark.slow)])
 def test_chunk_sizes_give_the_same_run_with_noise_on(extra):
     """Every random draw of an individual comes from its identity key: chunk_size and knn_chunk are
     memory knobs only, decoder noise on."""
