@@ -121,25 +121,25 @@ def _load(tmp, name):
         return dict(z)
 
 
-def _assert_same_run(a, b):
+def _assert_same_run(a, b, emb_atol=1e-6, rtol=1e-5):
     # Same survivors: the same individuals in the same order. Latents agree to the last bits only
     # (XLA fuses the mutation's normal draw differently in the partitioned program: FMA contraction);
     # a different survivor would differ by O(1).
     np.testing.assert_allclose(a["latents"], b["latents"], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(a["born"], b["born"])
     np.testing.assert_array_equal(a["slot"], b["slot"])
-    np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(a["sparseness"], b["sparseness"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=rtol, atol=emb_atol)
+    np.testing.assert_allclose(a["sparseness"], b["sparseness"], rtol=rtol, atol=1e-6)
 
 
-def _check_devices(tmp, summary, devices, chunks=(2,)):
+def _check_devices(tmp, summary, devices, chunks=(2,), **tol):
     """Every (devices, chunk_size) pair gives the run of 1 device with the first chunk size."""
     ref_name = f"1x{chunks[0]}"
     ref = _load(tmp, f"d{ref_name}")
     for d in devices:
         for c in chunks:
             name = f"{d}x{c}"
-            _assert_same_run(_load(tmp, f"d{name}"), ref)
+            _assert_same_run(_load(tmp, f"d{name}"), ref, **tol)
             assert summary[name]["new_survivors"] == summary[ref_name]["new_survivors"], name
             assert summary[name]["shards"] == d and summary[name]["emb_shards"] == d  # really split
     assert summary[ref_name]["generation"] == 4
@@ -191,7 +191,9 @@ def test_untrained_real_size_v2_small_same_run_on_1_and_4_devices_with_noise_on(
     extra = dict(rave="untrained:v2_small", embedder="untrained:vggish", container_size=8, breed_size=4, k=3,
                  latent_channels=8, latent_frames=96)
     summary = _run_script(tmp_path, "1,4", 0, chunks="1,3", extra=extra)
-    _check_devices(tmp_path, summary, (1, 4), (1, 3))
+    # VGGish's convolutions round differently for other batch shapes (embeddings differ by <= 3e-5):
+    # the survivors, their order and the latents are what must agree
+    _check_devices(tmp_path, summary, (1, 4), (1, 3), emb_atol=1e-4, rtol=1e-4)
 
 
 def test_device_count_resolution():
