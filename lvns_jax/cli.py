@@ -123,6 +123,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from lvns_jax import config as config_lib
+    from lvns_jax import plan
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    for item in items:
+        if "=" not in item:
+            raise LvnsError(f"expected key=value after the config file, got {item!r}")
+    if args.block < 0:
+        raise LvnsError(f"--block: must be >= 0, got {args.block}")
+    if not plan.libtpu_available():
+        raise plan.PlanError(plan.NO_LIBTPU)
+    from lvns_jax.assemble import check
+
+    cfg = check(config_lib.load(path, items))
+    results = [plan.plan(cfg, topo, block=args.block) for topo in args.topology.split(",") if topo]
+    for res in results:
+        print(plan.table(res))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results[0] if len(results) == 1 else results, f, indent=2)
+        print(f"lvns plan: wrote {args.json}", file=sys.stderr)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
 @contextlib.contextmanager
 def _console_log(level: int):
     """The "lvns_jax" logger on stderr at ``level``, set explicitly: its own handler, not propagated
@@ -218,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sample-rate", type=int, default=None, help="the model's rate, if the export does not say")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_encode)
+
+    pn = sub.add_parser("plan", help="compile one generation ahead of time for a TPU topology on this machine "
+                                     "(needs libtpu: pip install -e '.[tpu]'): per-device memory, flops, warnings")
+    pn.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
+                    help="a TOML config (or an original LVNS-RAVE .gin), then key=value overrides")
+    pn.add_argument("--topology", required=True, metavar="NAME[,NAME...]",
+                    help="TPU topology, e.g. v5e:2x4 (8 chips), v5e:2x2, v4:2x2x1; comma list for several")
+    pn.add_argument("--block", type=int, default=0, metavar="G",
+                    help="compile a run_block of G generations (one lax.scan) instead of one step")
+    pn.add_argument("--json", default=None, metavar="OUT.json", help="also write the full result as JSON")
+    pn.set_defaults(func=_cmd_plan)
     return p
 
 

@@ -1,0 +1,317 @@
+"""``lvns plan``: compile one generation ahead of time for a TPU topology, on this (CPU) machine.
+
+With ``libtpu`` installed (``pip install -e '.[tpu]'``; no TPU needed), XLA:TPU compiles for a named
+topology (``v5e:2x4``, ``v5e:2x2``, ``v4:2x2x1``, ...) against *compile-only* devices
+(:func:`jax.experimental.topologies.get_topology_desc`). :func:`plan` assembles the search a config
+describes over those devices (the same population mesh as ``lvns run``), builds abstract arguments
+(:class:`jax.ShapeDtypeStruct` with the very shardings :mod:`lvns_jax.distributed` gives a run:
+individual-axis arrays ``P("pop")``, keys/counters/model parameters replicated), lowers and compiles
+the jitted generation step (or a ``run_block`` scan) and reports, per device:
+
+* memory (``compiled.memory_analysis()``): argument, output, alias, temporaries, generated code;
+* cost (``compiled.cost_analysis()``): flops, bytes accessed, XLA's optimal seconds; a loop body
+  (``lax.scan`` over chunks, ``run_block``'s scan) is counted ONCE, not once per iteration;
+* what the optimized HLO (``compiled.as_text()``) contains: float64 ops, host callbacks,
+  collectives, sorts, while loops;
+* lowering and compile seconds.
+
+Nothing is run and nothing is allocated on any device: model parameters are materialised on the host
+(to know their shapes) and then replaced by shapes. A config that XLA:TPU rejects (the default VGGish
+front end's float64 FFT) is reported as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import time
+from typing import Any
+
+from lvns_jax.errors import LvnsError
+
+#: Nominal HBM per device (GiB) by ``device_kind`` (public specs; compile-only devices report none).
+HBM_GIB = {"TPU v5 lite": 16, "TPU v4": 32, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v3": 16,
+           "TPU v2": 8, "TPU v4 lite": 8}
+
+NO_LIBTPU = ("lvns plan needs libtpu (XLA's TPU compiler; no TPU needed): "
+             "pip install -e '.[tpu]'  (or: pip install 'jax[tpu]==<your jax version>')")
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute",
+               "collective-broadcast")
+
+
+class PlanError(LvnsError):
+    """``lvns plan`` cannot start (libtpu missing, unknown topology)."""
+
+
+def libtpu_available() -> bool:
+    """True if the ``libtpu`` package (XLA:TPU's compiler) is importable."""
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def topology_devices(topology: str) -> list:
+    """The compile-only devices of a TPU topology such as ``"v5e:2x4"`` (PlanError in one line if
+    libtpu is missing or the name is not a topology)."""
+    if not libtpu_available():
+        raise PlanError(NO_LIBTPU)
+    _compile_only_env()
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(topology, platform="tpu")
+    except Exception as e:  # noqa: BLE001 - XLA's errors are RuntimeErrors of several kinds
+        raise PlanError(f"--topology {topology!r}: {_first_line(e)} (expected e.g. v5e:2x4, v5e:2x2, "
+                        f"v4:2x2x1, v5p:2x2x1, v6e:2x4)") from None
+    return list(desc.devices)
+
+
+def _compile_only_env() -> None:
+    """Environment for loading libtpu as a compiler only, on a machine without TPU chips: several
+    processes may load it at once (no chip is opened), and its start-up probes of the Cloud TPU
+    metadata (worker hostnames, accelerator type: lines of warnings on stderr, nothing else) are
+    answered. The topology compiled for is the one named, not this accelerator type."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        from jax._src import hardware_utils
+
+        chips = hardware_utils.num_available_tpu_chips_and_device_id()[0]
+    except Exception:  # noqa: BLE001 - private helper; assume a TPU VM if it is gone
+        chips = 1
+    if chips == 0 and not any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE")):
+        os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # jax sets it itself when it finds no chip
+        os.environ.update(TPU_WORKER_HOSTNAMES="localhost", TPU_ACCELERATOR_TYPE="v5litepod-8")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:400]
+
+
+# ----------------------------------------------------------------------------- abstract arguments
+def abstract_args(search, devices=None) -> tuple[Any, Any]:
+    """``(search, state)`` with every array replaced by a :class:`jax.ShapeDtypeStruct` carrying the
+    sharding a run gives it on ``search.mesh`` (nothing is allocated on any device). Without a mesh
+    (one device) everything goes on ``devices[0]`` (default: the first running device)."""
+    import jax
+    from jax.sharding import NamedSharding, SingleDeviceSharding
+
+    from lvns_jax import distributed
+
+    zeros = jax.eval_shape(search._zeros)  # shapes only: template() would allocate on the default devices
+    knn = jax.eval_shape(search.scorer.derive, zeros.embeddings)
+    state = zeros.replace(knn=knn)
+    mesh = search.mesh
+    if mesh is None:  # one device: everything on the topology's first device
+        dev = (list(devices) if devices is not None else jax.devices())[0]
+        sds = lambda a, spec: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=SingleDeviceSharding(dev))  # noqa: E731
+    else:
+        sds = lambda a, spec: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec))  # noqa: E731
+    state, models = distributed._map_state(state, search.models, sds)
+    return search.replace(models=models), state
+
+
+# ----------------------------------------------------------------------------- HLO scan
+_OP = re.compile(r"=\s*(?:\([^=]*?\)|[^\s=]+)\s+([a-z][a-z0-9\-]*)\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+
+
+def scan_hlo(text: str) -> dict[str, Any]:
+    """What an optimized HLO module contains: op counts of interest and warnings."""
+    ops: dict[str, int] = {}
+    f64_ops: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _OP.search(_COMMENT.sub("", line))
+        if not m:
+            continue
+        op = m.group(1)
+        ops[op] = ops.get(op, 0) + 1
+        if "f64[" in line:
+            f64_ops[op] = f64_ops.get(op, 0) + 1
+    collectives = {}
+    for c in COLLECTIVES:
+        n = ops.get(c, 0) + ops.get(c + "-start", 0)
+        if n:
+            collectives[c] = n
+    targets: dict[str, int] = {}
+    for t in _TARGET.findall(text):
+        targets[t] = targets.get(t, 0) + 1
+    host = {t: n for t, n in targets.items() if "callback" in t.lower() or "host" in t.lower()}
+    host_transfers = len(re.findall(r"is_host_transfer=true", text))
+    host_transfers += ops.get("infeed", 0) + ops.get("outfeed", 0)
+    out = {"f64_ops": f64_ops, "host_callbacks": host, "host_transfers": host_transfers,
+           "collectives": collectives, "collectives_total": sum(collectives.values()),
+           "sorts": ops.get("sort", 0), "while_loops": ops.get("while", 0), "custom_calls": targets,
+           "fusions": ops.get("fusion", 0), "instructions": sum(ops.values())}
+    warnings = []
+    if f64_ops:
+        warnings.append(f"float64 ops: {sum(f64_ops.values())} ({', '.join(sorted(f64_ops))}): slow/unsupported on TPU")
+    if host or host_transfers:
+        warnings.append(f"host callbacks/transfers: {sum(host.values()) + host_transfers} "
+                        f"({', '.join(sorted(host)) or 'send/recv/infeed/outfeed'}): a device-host round trip per call")
+    if out["sorts"]:
+        warnings.append(f"sorts: {out['sorts']} (top-k / median): cost grows as n log n on TPU")
+    out["warnings"] = warnings
+    return out
+
+
+# ----------------------------------------------------------------------------- compile
+def _failure(e: BaseException, mesh_devices: int = 1, even: list[int] | None = None) -> str:
+    text = str(e)
+    if "replica_groups" in text and "odd" in text:
+        hint = (f"devices={max(even)}" if even else
+                "container_size and breed_size with an even common divisor")
+        return (f"does not compile for TPU: the population is split over {mesh_devices} devices, an odd count, and "
+                f"XLA:TPU does not implement all-reduce over odd replica groups (> 1); use {hint} "
+                f"(an even count dividing container_size and breed_size) or sizes divisible by the topology's devices")
+    if "FFT" in text and "f64" in text:
+        return ("does not compile for TPU: float64 FFT in the VGGish front end (XLA:TPU: 'Unexpected operand "
+                "type for FFT: f64'); use an embedder with a float32 front end (embedder=untrained:panns or converted PANNs "
+                "weights; embedder=toy)")
+    return f"does not compile for TPU: {_first_line(e)}"
+
+
+def _memory(compiled) -> dict[str, int] | None:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes", "host_argument_size_in_bytes", "host_output_size_in_bytes",
+              "host_temp_size_in_bytes", "host_generated_code_size_in_bytes")
+    out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(m, f, 0) or 0) for f in fields}
+    # live at once on a device, at worst: arguments + outputs (less those aliased onto arguments)
+    # + temporaries + code
+    out["peak_estimate_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] +
+                                  out["temp_bytes"] + out["generated_code_bytes"])
+    return out
+
+
+def _cost(compiled) -> dict[str, float] | None:
+    try:
+        c = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if isinstance(c, (list, tuple)):
+        c = c[0] if c else None
+    if not c:
+        return None
+    keep = {"flops": "flops", "bytes accessed": "bytes_accessed", "transcendentals": "transcendentals",
+            "optimal_seconds": "optimal_seconds"}
+    return {name: float(c[k]) for k, name in keep.items() if k in c}
+
+
+def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
+    """Compile one generation of ``cfg``'s search (``block > 0``: a ``run_block`` of that many
+    generations) for a TPU ``topology``; a JSON-able dict (``ok`` False and ``error`` one line if XLA
+    rejects the program). PlanError if libtpu is missing or the topology unknown."""
+    import jax
+
+    from lvns_jax import search as search_lib
+    from lvns_jax.assemble import assemble
+
+    devices = topology_devices(topology)
+    t0 = time.perf_counter()
+    search = assemble(cfg, devices=devices)
+    build_s = time.perf_counter() - t0
+    kind = devices[0].device_kind
+    mesh_devices = 1 if search.mesh is None else search.mesh.size
+    out: dict[str, Any] = {
+        "topology": topology, "device_kind": kind, "topology_devices": len(devices), "mesh_devices": mesh_devices,
+        "function": f"run_block({block})" if block else "step",
+        "config": {"rave": cfg.rave, "embedder": cfg.embedder, "container_size": cfg.container_size,
+                   "breed_size": cfg.breed_size, "k": cfg.k, "latent": [cfg.latent_channels, cfg.latent_frames],
+                   "chunk_size": cfg.chunk_size, "knn": cfg.knn, "archive": cfg.archive,
+                   "emitter": type(search.emitter).__name__, "reevaluate_container": cfg.reevaluate_container},
+        "models": list(search.models.description), "jax": jax.__version__, "libtpu": _libtpu_version(),
+        "hbm_per_device_bytes": HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None,
+        "build_s": build_s, "ok": False, "error": None,
+    }
+    abs_search, abs_state = abstract_args(search, devices)
+    try:
+        t0 = time.perf_counter()
+        if block:
+            lowered = search_lib.run_block.lower(abs_search, abs_state, block)
+        else:
+            lowered = search_lib.step.lower(abs_search, abs_state)
+        out["lower_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        out["compile_s"] = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - XLA's compile errors: reported, not raised
+        if os.environ.get("LVNS_DEBUG"):
+            raise
+        out["compile_s" if "lower_s" in out else "lower_s"] = time.perf_counter() - t0  # until it gave up
+        g = math.gcd(cfg.container_size, cfg.breed_size)
+        even = [d for d in range(2, len(devices) + 1, 2) if g % d == 0]
+        out["error"] = _failure(e, mesh_devices, even)
+        return out
+    out["ok"] = True
+    out["memory"] = _memory(compiled)
+    out["cost"] = _cost(compiled)
+    out["hlo"] = scan_hlo(compiled.as_text())
+    out["warnings"] = list(out["hlo"].pop("warnings"))
+    mem, hbm = out["memory"], out["hbm_per_device_bytes"]
+    if mem and hbm and mem["peak_estimate_bytes"] > 0.9 * hbm:
+        out["warnings"].insert(0, f"per-device memory {mem['peak_estimate_bytes'] / 2**30:.1f} GiB is over 90% "
+                                  f"of the {hbm / 2**30:.0f} GiB HBM of a {kind}")
+    if search.mesh is not None and mesh_devices < len(devices):
+        out["warnings"].append(f"the population is split over {mesh_devices} of the topology's {len(devices)} "
+                               f"devices (devices must divide container_size and breed_size)")
+    return out
+
+
+def _libtpu_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("libtpu")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# ----------------------------------------------------------------------------- table
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def table(res: dict[str, Any]) -> str:
+    """A short human-readable summary of a :func:`plan` result."""
+    c = res["config"]
+    head = (f"lvns plan: {res['function']} for {res['topology']} ({res['device_kind']}, population over "
+            f"{res['mesh_devices']} of {res['topology_devices']} devices)\n"
+            f"  config: N={c['container_size']} B={c['breed_size']} k={c['k']} latent={c['latent'][0]}x{c['latent'][1]} "
+            f"chunk={c['chunk_size']} knn={c['knn']} archive={c['archive']} emitter={c['emitter']}\n"
+            f"  models: {' + '.join(res['models'])}")
+    if not res["ok"]:
+        return head + f"\n  {res['topology']}: {res['error']}"
+    m, cost, h = res["memory"] or {}, res["cost"] or {}, res["hlo"]
+    hbm = res.get("hbm_per_device_bytes")
+    lines = [head, "  per device:"]
+    rows = [("arguments", m.get("argument_bytes")), ("outputs", m.get("output_bytes")),
+            ("aliased", m.get("alias_bytes")), ("temporaries", m.get("temp_bytes")),
+            ("generated code", m.get("generated_code_bytes")), ("peak (estimate)", m.get("peak_estimate_bytes"))]
+    for name, v in rows:
+        extra = f"   ({100 * v / hbm:.2f}% of {hbm / 2**30:.0f} GiB HBM)" if name.startswith("peak") and hbm and v else ""
+        lines.append(f"    {name:<16} {_bytes(v):>12}{extra}")
+    flops = cost.get("flops")
+    lines.append(f"    {'flops':<16} {flops:>12.3e}" if flops is not None else f"    {'flops':<16} {'-':>12}")
+    lines.append(f"    {'bytes accessed':<16} {_bytes(cost.get('bytes_accessed')):>12}"
+                 "   (loop bodies counted once)")
+    coll = ", ".join(f"{k} {v}" for k, v in h["collectives"].items()) or "none"
+    lines.append(f"  HLO: {h['instructions']} instructions, {h['fusions']} fusions, {h['while_loops']} while loops, "
+                 f"{h['sorts']} sorts; collectives: {coll}; f64 ops: {sum(h['f64_ops'].values())}; host callbacks: "
+                 f"{sum(h['host_callbacks'].values()) + h['host_transfers']}")
+    lines.append(f"  lower {res['lower_s']:.1f} s, compile {res['compile_s']:.1f} s (build models {res['build_s']:.1f} s)")
+    for w in res["warnings"]:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)

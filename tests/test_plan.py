@@ -1,0 +1,109 @@
+"""``lvns plan``: ahead-of-time compilation for a TPU topology (lvns_jax.plan).
+
+The compile tests need libtpu (``pip install -e '.[tpu]'``, not part of the test extra) and are
+skipped without it; the rest (argument parsing, the missing-libtpu message, the abstract
+arguments, the HLO scan) runs everywhere.
+"""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from lvns_jax import cli, plan
+from lvns_jax import config as config_lib
+from lvns_jax.assemble import assemble
+
+TOY = ["rave=toy", "embedder=toy", "container_size=64", "breed_size=32", "k=5"]
+
+needs_libtpu = pytest.mark.skipif(not plan.libtpu_available(),
+                                  reason="libtpu not installed (pip install -e '.[tpu]'): no TPU compiler")
+
+
+def test_plan_arguments():
+    args = cli.build_parser().parse_args(["plan", "cfg.toml", "k=5", "--topology", "v5e:2x4,v5e:2x2",
+                                          "--block", "3", "--json", "out.json"])
+    assert args.func is cli._cmd_plan
+    assert args.items == ["cfg.toml", "k=5"]
+    assert (args.topology, args.block, args.json) == ("v5e:2x4,v5e:2x2", 3, "out.json")
+    with pytest.raises(SystemExit):  # --topology is required
+        cli.build_parser().parse_args(["plan", "k=5"])
+
+
+def test_plan_without_libtpu_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(plan, "libtpu_available", lambda: False)
+    assert cli.main(["plan", *TOY, "--topology", "v5e:2x4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs libtpu" in err and ".[tpu]" in err
+    with pytest.raises(plan.PlanError, match="needs libtpu"):
+        plan.topology_devices("v5e:2x4")
+
+
+def test_abstract_args_match_the_template():
+    """The abstract state has the template's shapes and dtypes (plus the scorer's derived data) and
+    no array is materialised."""
+    search = assemble(config_lib.load(None, TOY + ["knn=incremental", "archive=threshold", "archive_size=64"]))
+    abs_search, abs_state = plan.abstract_args(search)
+    leaves = jax.tree_util.tree_leaves((abs_search, abs_state))
+    assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+    want = search.attach(search.template())  # small: the toy state, materialised on the CPU
+    got = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.sharding.is_fully_replicated), abs_state)
+    assert got == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype, a.sharding.is_fully_replicated), want)
+
+
+def test_scan_hlo_counts_and_warns():
+    text = "\n".join([
+        "  %a = f64[4]{0} convert(f32[4]{0} %p)",
+        "  %b = f32[8,16]{1,0:T(8,128)} all-gather(f32[1,16]{1,0} %x), dimensions={0}",
+        "  %c = (f32[8]{0}, /*index=1*/s32[8]{0}) all-reduce-start(f32[8]{0} %y), to_apply=%add",
+        "  %d = (f32[8]{0}, s32[8]{0}) sort(f32[8]{0} %y, s32[8]{0} %i), dimensions={0}, to_apply=%lt",
+        '  %e = () custom-call(), custom_call_target="xla_python_cpu_callback"',
+        "  ROOT %f = f32[] add(f32[] %u, f32[] %v)",
+    ])
+    h = plan.scan_hlo(text)
+    assert h["f64_ops"] == {"convert": 1}
+    assert h["collectives"] == {"all-gather": 1, "all-reduce": 1} and h["collectives_total"] == 2
+    assert h["sorts"] == 1 and h["instructions"] == 6
+    assert h["host_callbacks"] == {"xla_python_cpu_callback": 1}
+    assert len(h["warnings"]) == 3
+
+
+def test_fft_failure_is_one_line():
+    msg = plan._failure(RuntimeError("INTERNAL: during compile\nUnexpected operand type for FFT: f64\n..."))
+    assert msg.startswith("does not compile for TPU: float64 FFT in the VGGish front end") and "\n" not in msg
+    assert plan._failure(ValueError("boom\nmore")) == "does not compile for TPU: boom"
+    odd = plan._failure(RuntimeError("UNIMPLEMENTED: Encountered AllReduce fusion with 5 sized replica_groups, "
+                                     "which is odd and greater than one."), 5, [2])
+    assert "split over 5 devices" in odd and "devices=2" in odd
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_toy_plan_for_v5e_2x4(tmp_path, capsys):
+    cfg = config_lib.load(None, TOY)
+    devices = plan.topology_devices("v5e:2x4")
+    _, state = plan.abstract_args(assemble(cfg, devices=devices), devices)
+    assert state.latents.sharding.spec == jax.sharding.PartitionSpec("pop")  # split like a run's
+    assert state.key.sharding.is_fully_replicated and state.latents.sharding.mesh.size == 8
+    res = plan.plan(cfg, "v5e:2x4")
+    assert res["ok"], res["error"]
+    assert (res["device_kind"], res["topology_devices"], res["mesh_devices"]) == ("TPU v5 lite", 8, 8)
+    mem = res["memory"]
+    assert mem["argument_bytes"] > 0 and mem["temp_bytes"] > 0 and mem["peak_estimate_bytes"] < 2**30
+    assert res["cost"]["flops"] > 0
+    h = res["hlo"]
+    assert not h["f64_ops"] and not h["host_callbacks"] and h["host_transfers"] == 0
+    assert h["collectives"].get("all-gather", 0) > 0  # the kNN's all-gather of the pool embeddings
+    # the CLI on the same config: a table and a JSON file
+    out = tmp_path / "plan.json"
+    assert cli.main(["plan", *TOY, "--topology", "v5e:2x4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "population over 8 of 8 devices" in text and "peak (estimate)" in text
+    assert out.exists()
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_unknown_topology_is_one_line():
+    with pytest.raises(plan.PlanError, match="--topology 'v5e:3x7'"):
+        plan.topology_devices("v5e:3x7")
