@@ -193,6 +193,7 @@ def validate(cfg: Config) -> Config:
         need(getattr(cfg, key) >= 0, key, "must be >= 0 (0 = never)")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(cfg.audio_count >= 1, "audio_count", "must be >= 1")
+    need(not cfg.emitter_mix or cfg.emitter == "mix", "emitter_mix", "is read only with emitter = mix")
     need(cfg.archive_size >= 1, "archive_size", "must be >= 1")
     need(cfg.archive_threshold >= 0, "archive_threshold", "must be >= 0 (0 = median initial sparseness)")
     need(0.0 <= cfg.archive_rate <= 1.0, "archive_rate", "must be in [0, 1]")

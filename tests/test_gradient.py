@@ -251,6 +251,7 @@ def test_step_with_gradient_mutation_is_deterministic_scan_equals_step_and_logs_
     (dict(emitter="mix", emitter_mix="gradient,paper"), "emitter_mix"),
     (dict(emitter="mix", emitter_mix="mutant:0.5,paper"), "emitter_mix"),
     (dict(emitter="evolve"), "emitter"),
+    (dict(emitter_mix="gradient:0.5,paper"), "emitter_mix"),  # without emitter = mix it would be ignored
 ])
 def test_config_validation(kw, key):
     from lvns_jax.assemble import check
