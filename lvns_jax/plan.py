@@ -23,6 +23,7 @@ front end's float64 FFT) is reported as one line, not a traceback.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import re
@@ -202,7 +203,10 @@ def _cost(compiled) -> dict[str, float] | None:
         return None
     keep = {"flops": "flops", "bytes accessed": "bytes_accessed", "transcendentals": "transcendentals",
             "optimal_seconds": "optimal_seconds"}
-    return {name: float(c[k]) for k, name in keep.items() if k in c}
+    out = {name: float(c[k]) for k, name in keep.items() if k in c}
+    if out.get("optimal_seconds", 0.0) < 0:  # XLA:TPU reports negative values for some programs: unknown
+        out["optimal_seconds"] = None
+    return out
 
 
 def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
@@ -232,6 +236,11 @@ def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
         "build_s": build_s, "ok": False, "error": None,
     }
     abs_search, abs_state = abstract_args(search, devices)
+    if mesh_devices > 1 and mesh_devices % 2:
+        logging.getLogger("lvns_jax").warning(
+            "lvns plan: the population is split over %d devices, an odd count: XLA:TPU (libtpu 0.0.42.1) "
+            "refuses all-reduces over odd replica groups, after compiling for minutes; set devices= to an "
+            "even divisor of container_size and breed_size", mesh_devices)
     try:
         t0 = time.perf_counter()
         if block:
