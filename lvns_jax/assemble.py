@@ -46,8 +46,12 @@ def check(cfg: Config) -> Config:
     return cfg
 
 
-def build_models(cfg: Config) -> Models:
-    """The generator (``rave`` key) and embedder (``embedder`` key) as the engine's :class:`Models`."""
+def build_models(cfg: Config, platform: str | None = None) -> Models:
+    """The generator (``rave`` key) and embedder (``embedder`` key) as the engine's :class:`Models`, for
+    ``platform`` (default: the running backend)."""
+    import jax
+
+    platform = platform or jax.default_backend()
     gen = plugins.builder("generator", generators.name_of(cfg.rave), "rave")(cfg)
     if cfg.init == "dataset":  # latents must be decoded by the model that encoded them
         mismatch = dataset_model_warning(cfg.dataset_path, cfg.rave)
@@ -57,7 +61,8 @@ def build_models(cfg: Config) -> Models:
         raise ConfigError(f"latent_channels: the RAVE model {cfg.rave!r} takes {gen.latent_channels} latent "
                           f"channels, the config says {cfg.latent_channels}")
     name, weights = embedders.name_of(cfg.embedder)
-    emb = plugins.builder("embedder", name, "embedder")(cfg, weights, gen.sample_rate, cfg.latent_frames * gen.hop)
+    emb = plugins.builder("embedder", name, "embedder")(cfg, weights, gen.sample_rate, cfg.latent_frames * gen.hop,
+                                                         platform=platform)
     for desc, trained in ((gen.description, gen.trained), (emb.description, emb.trained)):
         if not trained:
             log.warning("%s: untrained weights, the sounds and novelty scores are NOT meaningful", desc)
@@ -72,7 +77,7 @@ def assemble(cfg: Config, models: Models | None = None, devices=None) -> Search:
     (tests, benchmarks); ``devices``: the devices to shard over (default: the running ones)."""
     check(cfg)
     if models is None:
-        models = build_models(cfg)
+        models = build_models(cfg, list(devices)[0].platform if devices is not None else None)
     mesh = distributed.make_mesh(cfg, devices)
     if mesh is not None and cfg.archive != "none" and cfg.archive_size % mesh.size:
         raise ConfigError(f"archive_size: {cfg.archive_size} must divide by the {mesh.size} devices "

@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mutation_distribution": ("normal", "uniform"),
     "sparseness_rule": ("nearest", "farthest"),
     "gradient_optimizer": ("adam", "sgd"),
+    "frontend_precision": ("auto", "float64", "float32"),
 }
 
 # Keys naming a plug-in (lvns_jax.plugins): their allowed values are the registered names, checked by
@@ -83,6 +84,7 @@ class Config:
     # --- models ---
     rave: str = "untrained:v1"  # converted weights dir, or untrained:v1 | untrained:v2 | untrained:v2_small | toy
     embedder: str = "untrained:vggish"  # converted weights dir (vggish or panns), or untrained:vggish | untrained:panns | toy
+    frontend_precision: str = "auto"  # VGGish front end: auto (float64 island where the backend has a float64 FFT, float32 on TPU) | float64 | float32
     noise: bool = True  # RAVE noise (latent completion + noise branch); false = deterministic decoder
     chunk_size: int = 32  # individuals per decode/embed batch inside the step (bounds memory)
     knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (about 2**26 distances per block)

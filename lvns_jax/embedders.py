@@ -7,7 +7,9 @@
   (the directory's meta.json names the architecture).
 
 The legacy key ``vggish = untrained | toy | DIR`` is read as ``embedder`` (with a note).
-A builder ``build(cfg, spec, sample_rate, clip_samples) -> Embedder`` is registered under a name.
+A builder ``build(cfg, weights, sample_rate, clip_samples, platform) -> Embedder`` is registered under a
+name (``platform``: where it will run, "cpu", "gpu", "tpu": XLA:TPU has no float64 FFT, so VGGish's
+exact front end runs in float32 there, see ``frontend_precision``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from typing import Any, Callable
 
 from flax import struct
 
+import logging
+
 from lvns_jax import plugins
 from lvns_jax.errors import ConfigError
+
+log = logging.getLogger("lvns_jax")
 
 # meta.json "kind" (or "architecture") of converted weights -> embedder plug-in
 ARCHITECTURES = {"vggish": "vggish", "panns": "panns", "panns_cnn14": "panns"}
@@ -61,14 +67,28 @@ def name_of(spec: str) -> tuple[str, str]:
 
 
 @plugins.register("embedder", "toy")
-def build_toy(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+def build_toy(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
     from lvns_jax.models import toy
 
     return Embedder(toy.embedder_params(), toy.embed, "TOY embedder (not VGGish, for tests)", False)
 
 
+#: Platforms whose XLA backend runs float64 FFTs (VGGish's exact front end); elsewhere (TPU) it runs in float32.
+FLOAT64_FFT_PLATFORMS = ("cpu", "gpu", "cuda", "rocm")
+
+
+def frontend_float64(cfg, platform: str) -> bool:
+    """Whether VGGish's front end runs its float64 island (``frontend_precision``: auto | float64 | float32)."""
+    if cfg.frontend_precision == "auto":
+        return platform in FLOAT64_FFT_PLATFORMS
+    if cfg.frontend_precision == "float64" and platform not in FLOAT64_FFT_PLATFORMS:
+        raise ConfigError(f"frontend_precision: float64 needs a float64 FFT, which XLA:{platform.upper()} does not "
+                          f"have; use auto or float32")
+    return cfg.frontend_precision == "float64"
+
+
 @plugins.register("embedder", "vggish")
-def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
     from lvns_jax.models import vggish
     from lvns_jax.models.vggish import model as vggish_model
     from lvns_jax.models.vggish.frontend import num_examples
@@ -86,11 +106,15 @@ def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embe
     def embed_grad(params, audio):  # the float64 front-end island is not differentiable: float32 front end
         return vggish_model.embed(params, audio, sample_rate, high_precision=False)
 
-    return Embedder(model.params, model.pure_embed(sample_rate), model.description, model.trained, embed_grad)
+    exact = frontend_float64(cfg, platform)
+    if not exact:
+        log.info("VGGish front end in float32 (frontend_precision = %s, platform %s)", cfg.frontend_precision, platform)
+    return Embedder(model.params, model.pure_embed(sample_rate, high_precision=exact), model.description,
+                    model.trained, embed_grad)
 
 
 @plugins.register("embedder", "panns")
-def build_panns(cfg, weights: str, sample_rate: int, clip_samples: int) -> Embedder:
+def build_panns(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
     """PANNs CNN14 (:mod:`lvns_jax.models.panns`): resampled to 32 kHz, 64-band log-mel, 2048-d embedding."""
     from lvns_jax.models import panns
 

@@ -76,3 +76,23 @@ def test_panns_embedder_runs_in_the_search_and_is_labelled_untrained(caplog):
     assert s.embeddings.shape == (6, 2048) and np.all(np.isfinite(np.asarray(s.sparseness)))
     with pytest.raises(ConfigError, match="^latent_frames: .* CNN14 needs"):
         assemble(c.replace(latent_frames=4))
+
+
+def test_vggish_front_end_runs_in_float32_where_there_is_no_float64_fft():
+    """XLA:TPU has no float64 FFT: with frontend_precision = auto the VGGish embedder built for "tpu"
+    has no float64 op (so the default run compiles for TPU); on CPU the exact float64 island stays."""
+    import jax
+    import jax.numpy as jnp
+
+    from lvns_jax import embedders
+
+    c = config.from_dict({**BASE, "embedder": "untrained:vggish", "latent_frames": 16})
+    audio = jnp.zeros((2, 16000))
+    texts = {}
+    for platform in ("cpu", "tpu"):
+        e = embedders.build_vggish(c, "untrained", 16000, 16000, platform=platform)
+        texts[platform] = jax.jit(e.embed).lower(e.params, audio).as_text()
+    assert "f64" in texts["cpu"] and "f64" not in texts["tpu"]
+    assert not embedders.frontend_float64(c.replace(frontend_precision="float32"), "cpu")
+    with pytest.raises(ConfigError, match="^frontend_precision: float64 needs a float64 FFT"):
+        embedders.frontend_float64(c.replace(frontend_precision="float64"), "tpu")

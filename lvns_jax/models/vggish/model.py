@@ -101,15 +101,17 @@ class VGGishModel:
 
         return f
 
-    def pure_embed(self, sample_rate: int, postprocess: bool = False) -> Callable[[Any, jax.Array], jax.Array]:
+    def pure_embed(self, sample_rate: int, postprocess: bool = False,
+                   high_precision: bool = True) -> Callable[[Any, jax.Array], jax.Array]:
         """A pure ``f(params, audio (B, S)) -> (B, 128)`` for use inside ``jit`` with
         ``self.params`` passed as an argument (compile time does not grow with model size).
-        With ``postprocess`` the (small) PCA parameters are closed over."""
+        With ``postprocess`` the (small) PCA parameters are closed over. ``high_precision=False``:
+        the float32 front end (for backends without float64 FFT, e.g. TPU)."""
         sample_rate = frontend._check_rate(sample_rate)
         pca = self._pca(postprocess)
 
         def f(params, audio):
-            return embed(params, audio, sample_rate, pca=pca)
+            return embed(params, audio, sample_rate, pca=pca, high_precision=high_precision)
 
         return f
 
