@@ -141,7 +141,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from lvns_jax.assemble import check
 
     cfg = check(config_lib.load(path, items))
-    results = [plan.plan(cfg, topo, block=args.block) for topo in args.topology.split(",") if topo]
+    results = [plan.plan(cfg, topo, block=args.block, stop_check=args.stop_check)
+               for topo in args.topology.split(",") if topo]
     for res in results:
         print(plan.table(res))
     if args.json:
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TPU topology, e.g. v5e:2x4 (8 chips), v5e:2x2, v4:2x2x1; comma list for several")
     pn.add_argument("--block", type=int, default=0, metavar="G",
                     help="compile a run_block of G generations (one lax.scan) instead of one step")
+    pn.add_argument("--stop-check", action="store_true",
+                    help="with --block: include the per-generation host stop check (io_callback) that a "
+                         "one-process `lvns run` compiles in")
     pn.add_argument("--json", default=None, metavar="OUT.json", help="also write the full result as JSON")
     pn.set_defaults(func=_cmd_plan)
     return p

@@ -123,12 +123,15 @@ def scan_hlo(text: str) -> dict[str, Any]:
     """What an optimized HLO module contains: op counts of interest and warnings."""
     ops: dict[str, int] = {}
     f64_ops: dict[str, int] = {}
+    host_transfers = 0
     for line in text.splitlines():
         m = _OP.search(_COMMENT.sub("", line))
         if not m:
             continue
         op = m.group(1)
         ops[op] = ops.get(op, 0) + 1
+        if op in ("send", "recv") and "is_host_transfer=true" in line:  # (not their -done halves)
+            host_transfers += 1
         if "f64[" in line:
             f64_ops[op] = f64_ops.get(op, 0) + 1
     collectives = {}
@@ -140,7 +143,6 @@ def scan_hlo(text: str) -> dict[str, Any]:
     for t in _TARGET.findall(text):
         targets[t] = targets.get(t, 0) + 1
     host = {t: n for t, n in targets.items() if "callback" in t.lower() or "host" in t.lower()}
-    host_transfers = len(re.findall(r"is_host_transfer=true", text))
     host_transfers += ops.get("infeed", 0) + ops.get("outfeed", 0)
     out = {"f64_ops": f64_ops, "host_callbacks": host, "host_transfers": host_transfers,
            "collectives": collectives, "collectives_total": sum(collectives.values()),
@@ -209,15 +211,18 @@ def _cost(compiled) -> dict[str, float] | None:
     return out
 
 
-def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
+def plan(cfg, topology: str, block: int = 0, stop_check: bool = False) -> dict[str, Any]:
     """Compile one generation of ``cfg``'s search (``block > 0``: a ``run_block`` of that many
-    generations) for a TPU ``topology``; a JSON-able dict (``ok`` False and ``error`` one line if XLA
-    rejects the program). PlanError if libtpu is missing or the topology unknown."""
+    generations; ``stop_check``: with the host stop check a one-process ``lvns run`` compiles in, an
+    ``io_callback`` per generation) for a TPU ``topology``; a JSON-able dict (``ok`` False and ``error``
+    one line if XLA rejects the program). PlanError if libtpu is missing or the topology unknown."""
     import jax
 
     from lvns_jax import search as search_lib
     from lvns_jax.assemble import assemble
 
+    if stop_check and not block:
+        raise PlanError("--stop-check needs --block G (the stop check is inside run_block)")
     devices = topology_devices(topology)
     t0 = time.perf_counter()
     search = assemble(cfg, devices=devices)
@@ -226,7 +231,7 @@ def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
     mesh_devices = 1 if search.mesh is None else search.mesh.size
     out: dict[str, Any] = {
         "topology": topology, "device_kind": kind, "topology_devices": len(devices), "mesh_devices": mesh_devices,
-        "function": f"run_block({block})" if block else "step",
+        "function": (f"run_block({block}{', stop check' if stop_check else ''})" if block else "step"),
         "config": {"rave": cfg.rave, "embedder": cfg.embedder, "container_size": cfg.container_size,
                    "breed_size": cfg.breed_size, "k": cfg.k, "latent": [cfg.latent_channels, cfg.latent_frames],
                    "chunk_size": cfg.chunk_size, "knn": cfg.knn, "archive": cfg.archive,
@@ -244,7 +249,8 @@ def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         if block:
-            lowered = search_lib.run_block.lower(abs_search, abs_state, block)
+            lowered = search_lib.run_block.lower(abs_search, abs_state, block,
+                                                 search_lib._no_stop if stop_check else None)
         else:
             lowered = search_lib.step.lower(abs_search, abs_state)
         out["lower_s"] = time.perf_counter() - t0
@@ -268,7 +274,7 @@ def plan(cfg, topology: str, block: int = 0) -> dict[str, Any]:
     if mem and hbm and mem["peak_estimate_bytes"] > 0.9 * hbm:
         out["warnings"].insert(0, f"per-device memory {mem['peak_estimate_bytes'] / 2**30:.1f} GiB is over 90% "
                                   f"of the {hbm / 2**30:.0f} GiB HBM of a {kind}")
-    if search.mesh is not None and mesh_devices < len(devices):
+    if mesh_devices < len(devices):
         out["warnings"].append(f"the population is split over {mesh_devices} of the topology's {len(devices)} "
                                f"devices (devices must divide container_size and breed_size)")
     return out

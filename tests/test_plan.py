@@ -58,13 +58,15 @@ def test_scan_hlo_counts_and_warns():
         "  %c = (f32[8]{0}, /*index=1*/s32[8]{0}) all-reduce-start(f32[8]{0} %y), to_apply=%add",
         "  %d = (f32[8]{0}, s32[8]{0}) sort(f32[8]{0} %y, s32[8]{0} %i), dimensions={0}, to_apply=%lt",
         '  %e = () custom-call(), custom_call_target="xla_python_cpu_callback"',
+        "  %s = (pred[], u32[], token[]) send(pred[] %q, token[] %t), channel_id=1, is_host_transfer=true",
+        "  %sd = token[] send-done((pred[], u32[], token[]) %s), channel_id=1, is_host_transfer=true",
         "  ROOT %f = f32[] add(f32[] %u, f32[] %v)",
     ])
     h = plan.scan_hlo(text)
     assert h["f64_ops"] == {"convert": 1}
     assert h["collectives"] == {"all-gather": 1, "all-reduce": 1} and h["collectives_total"] == 2
-    assert h["sorts"] == 1 and h["instructions"] == 6
-    assert h["host_callbacks"] == {"xla_python_cpu_callback": 1}
+    assert h["sorts"] == 1 and h["instructions"] == 8
+    assert h["host_callbacks"] == {"xla_python_cpu_callback": 1} and h["host_transfers"] == 1
     assert len(h["warnings"]) == 3
 
 
@@ -100,6 +102,21 @@ def test_toy_plan_for_v5e_2x4(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "population over 8 of 8 devices" in text and "peak (estimate)" in text
     assert out.exists()
+
+
+def test_stop_check_needs_a_block():
+    with pytest.raises(plan.PlanError, match="--stop-check needs --block"):
+        plan.plan(config_lib.load(None, TOY), "v5e:2x4", stop_check=True)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_toy_block_with_stop_check_shows_the_host_callback():
+    res = plan.plan(config_lib.load(None, TOY), "v5e:2x2", block=2, stop_check=True)
+    assert res["ok"], res["error"]
+    assert res["function"] == "run_block(2, stop check)" and res["mesh_devices"] == 4
+    assert res["hlo"]["host_transfers"] > 0 and res["hlo"]["while_loops"] >= 1
+    assert any("host callbacks" in w for w in res["warnings"])
 
 
 @needs_libtpu
