@@ -171,8 +171,8 @@ def _failure(e: BaseException, mesh_devices: int = 1, even: list[int] | None = N
                 f"(an even count dividing container_size and breed_size) or sizes divisible by the topology's devices")
     if "FFT" in text and "f64" in text:
         return ("does not compile for TPU: float64 FFT in the VGGish front end (XLA:TPU: 'Unexpected operand "
-                "type for FFT: f64'); use an embedder with a float32 front end (embedder=untrained:panns or converted PANNs "
-                "weights; embedder=toy)")
+                "type for FFT: f64'); use frontend_precision = auto or float32 (the float32 front end), or a PANNs "
+                "embedder")
     return f"does not compile for TPU: {_first_line(e)}"
 
 
