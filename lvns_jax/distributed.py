@@ -123,24 +123,31 @@ def to_host(x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- mesh
-def device_count(cfg, available: int | None = None) -> int:
-    """Shards of the population axis for ``cfg`` (see the module doc); ConfigError if impossible."""
+def device_count(cfg, available: int | None = None, platform: str | None = None) -> int:
+    """Shards of the population axis for ``cfg`` (see the module doc); ConfigError if impossible.
+
+    On TPU an odd count > 1 is never chosen (XLA:TPU has no all-reduce over odd replica groups)."""
     avail = jax.device_count() if available is None else available
+    platform = platform or jax.default_backend()
+    ok = (lambda d: d == 1 or d % 2 == 0) if platform == "tpu" else (lambda d: True)
     n, b = cfg.container_size, cfg.breed_size
     if cfg.devices == 0:
         g = math.gcd(n, b)
-        return max(d for d in range(1, avail + 1) if g % d == 0)
+        return max(d for d in range(1, avail + 1) if g % d == 0 and ok(d))
     if cfg.devices > avail:
         raise ConfigError(f"devices: {cfg.devices} requested but only {avail} available (0 = all)")
     if n % cfg.devices or b % cfg.devices:
         raise ConfigError(f"devices: {cfg.devices} must divide container_size = {n} and breed_size = {b}")
+    if not ok(cfg.devices):
+        raise ConfigError(f"devices: {cfg.devices} is odd; XLA:TPU cannot all-reduce over an odd number of chips "
+                          f"(use an even count or 0 = automatic)")
     return cfg.devices
 
 
 def make_mesh(cfg, devices=None) -> Mesh | None:
     """The 1-D population mesh for ``cfg`` over ``devices`` (default: the running devices); None for one."""
     devices = list(jax.devices() if devices is None else devices)
-    d = device_count(cfg, len(devices))
+    d = device_count(cfg, len(devices), devices[0].platform)
     return None if d == 1 else Mesh(np.asarray(devices[:d]), (AXIS,))
 
 

@@ -203,6 +203,12 @@ def test_device_count_resolution():
     assert distributed.make_mesh(config.from_dict({**base, "devices": 1})) is None
     assert distributed.device_count(config.from_dict({**base, "devices": 0}), available=8) == 6  # gcd(12, 6)
     assert distributed.device_count(config.from_dict({**base, "devices": 3}), available=8) == 3
+    # TPU: never an odd count > 1 (no all-reduce over odd replica groups): gcd(50, 30) = 10 -> 2, not 5
+    odd = config.from_dict({**base, "container_size": 50, "breed_size": 30, "k": 5})
+    assert distributed.device_count(odd, available=8, platform="cpu") == 5
+    assert distributed.device_count(odd, available=8, platform="tpu") == 2
+    with pytest.raises(ConfigError, match="^devices: 5 is odd"):
+        distributed.device_count(odd.replace(devices=5), available=8, platform="tpu")
     with pytest.raises(ConfigError, match="devices: 2 requested but only 1"):
         distributed.device_count(config.from_dict({**base, "devices": 2}))
 
