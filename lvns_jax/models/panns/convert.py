@@ -30,16 +30,7 @@ from lvns_jax.errors import WeightsError
 from lvns_jax.models.panns import frontend
 from lvns_jax.models.panns.model import ARCHITECTURE, KIND
 from lvns_jax.models.panns.network import BLOCKS, EMBEDDING_SIZE, param_shapes
-from lvns_jax.models.vggish.convert import (
-    _check_file,
-    _file_kind,
-    _import_torch,
-    _keys_found,
-    _numpy_safe_globals,
-    _one_line,
-    _refused_pickle,
-    _to_numpy,
-)
+from lvns_jax.models.vggish.convert import _check_file, _file_kind, _keys_found, _to_numpy, safe_torch_load
 from lvns_jax.weights_io import save_params, sha256_of
 
 FORMAT_VERSION = 1
@@ -85,17 +76,7 @@ def _flax_path(key: str) -> tuple[list[str], str]:
 
 
 def _torch_load(path: str) -> Any:
-    torch = _import_torch()
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... on wrong files
-        refused = _refused_pickle(path, e)
-        if refused is not None:
-            raise refused from None
-        msg = _one_line(e) or ("the file ends early; truncated?" if isinstance(e, EOFError) else "no message")
-        raise WeightsError(f"cannot read {path} as a PANNs checkpoint ({type(e).__name__}: {msg})") from None
-    return obj
+    return safe_torch_load(path, "a PANNs checkpoint")
 
 
 def _unwrap(obj: Any, path: str) -> dict:

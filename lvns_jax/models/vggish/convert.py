@@ -234,17 +234,24 @@ def _refused_pickle(path: str, e: BaseException) -> WeightsError | None:
     return None
 
 
-def _torch_load(path: str) -> Any:
+def safe_torch_load(path: str, what: str = "a PyTorch state dict") -> Any:
+    """``torch.load(path, weights_only=True)`` (NumPy arrays allowed, nothing else executed); any failure
+    is one :class:`WeightsError` line naming ``path``, ``what`` it should have been, and the cause."""
     torch = _import_torch()
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ... on wrong files
         refused = _refused_pickle(path, e)
         if refused is not None:
             raise refused from None
         msg = _one_line(e) or ("the file ends early; truncated?" if isinstance(e, EOFError) else "no message")
-        raise WeightsError(f"cannot read {path} as a PyTorch state dict ({type(e).__name__}: {msg})") from None
+        raise WeightsError(f"cannot read {path} as {what} ({type(e).__name__}: {msg})") from None
+
+
+def _torch_load(path: str) -> Any:
+    torch = _import_torch()
+    obj = safe_torch_load(path)
     if isinstance(obj, torch.jit.ScriptModule) or type(obj).__name__.startswith("RecursiveScriptModule"):
         raise WeightsError(f"{path} is a TorchScript export (e.g. a RAVE .ts), not a torchvggish state dict")
     if isinstance(obj, torch.nn.Module):  # not reachable with weights_only=True; kept as a guard
