@@ -28,8 +28,6 @@ from flax import struct
 
 from lvns_jax import individuals, plugins
 
-ARCHIVE_STREAM = 3  # fold_in stream of an individual's key for the random archive's draw
-
 
 @struct.dataclass
 class ArchiveState:
@@ -115,7 +113,7 @@ class RandomArchive:
         return empty(self.capacity, channels, frames, dim, 0.0)
 
     def add(self, state, children, child_emb, child_sp, child_ok, child_keys, born, slots):
-        keys = individuals.stream(child_keys, ARCHIVE_STREAM)
+        keys = individuals.stream(child_keys, individuals.ARCHIVE)
         u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys)
         enter = child_ok & (u < self.rate)
         new, count = insert(state, enter, -u, children, child_emb, child_sp, born, slots)

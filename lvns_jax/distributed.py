@@ -180,12 +180,11 @@ def _map_state(state, models, fn):
     return state, models
 
 
-def place(state, mesh: Mesh | None, models=None):
-    """Put a state (and models' parameters) on ``mesh`` (host code, after init or restore)."""
+def place(state, mesh: Mesh | None):
+    """Put a state on ``mesh`` (host code, after init or restore); unchanged without a mesh."""
     if mesh is None:
-        return state if models is None else (state, models)
-    out = _map_state(state, models, lambda a, spec: _put(a, NamedSharding(mesh, spec)))
-    return out[0] if models is None else out
+        return state
+    return _map_state(state, None, lambda a, spec: _put(a, NamedSharding(mesh, spec)))[0]
 
 
 def place_models(models, mesh: Mesh | None):

@@ -7,7 +7,7 @@ container) and its index among that generation's children (its container index f
 container). Every random draw that belongs to an individual comes from
 :func:`individual_keys` of its identity, never from its chunk or its device: decoder noise and
 latent completion (``NOISE``), its mutation (``MUTATION``), the noise of its gradient steps
-(``GRADIENT``), its audio when the container is dumped to WAV (the same ``NOISE`` key, so a WAV file
+(``GRADIENT``), the random archive's draw (``ARCHIVE``), its audio when the container is dumped to WAV (the same ``NOISE`` key, so a WAV file
 is the very sound that was embedded). So ``chunk_size``, ``knn_chunk``, the device count and the
 host count change memory and speed only.
 
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 # Streams of an individual's key (fold_in constants): one per kind of draw.
-NOISE, MUTATION, GRADIENT = 0, 1, 2
+NOISE, MUTATION, GRADIENT, ARCHIVE = 0, 1, 2, 3
 
 
 def individual_keys(root: jax.Array, born: jax.Array, slot: jax.Array) -> jax.Array:
@@ -38,7 +38,7 @@ def individual_keys(root: jax.Array, born: jax.Array, slot: jax.Array) -> jax.Ar
 
 
 def stream(keys: jax.Array, which: int) -> jax.Array:
-    """Per-individual keys of one stream (``NOISE``, ``MUTATION``, ``GRADIENT``)."""
+    """Per-individual keys of one stream (``NOISE``, ``MUTATION``, ``GRADIENT``, ``ARCHIVE``)."""
     return jax.vmap(lambda k: jax.random.fold_in(k, which))(keys)
 
 

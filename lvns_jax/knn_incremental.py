@@ -25,7 +25,7 @@ the last bit (tested over many generations with duplicate embeddings and NaN chi
 
 Only valid for ``sparseness_rule = "nearest"`` (the ``farthest`` rule's lists change with every
 far-away newcomer) and ``reevaluate_container = false`` (re-embedding moves every member);
-:func:`lvns_jax.config.validate` says so.
+the ``incremental`` scorer's builder (:mod:`lvns_jax.scoring`) says so.
 """
 
 from __future__ import annotations
@@ -161,12 +161,3 @@ def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Arr
     _, d2, idx, bound = jax.lax.while_loop(lambda c: c[0] * r < count, body, (jnp.int32(0), d2, idx, bound))
     return KnnLists(d2=d2, idx=idx, bound=bound, recomputed=count)
 
-
-def attach(state):
-    """``state`` with kNN lists when its config asks for the incremental path and it has none
-    (after init or a checkpoint restore: the lists are derived data, rebuilt exactly)."""
-    cfg = state.config
-    if cfg.knn != "incremental" or state.knn is not None:
-        return state
-    width = cfg.knn_width or default_width(cfg.k)
-    return state.replace(knn=build(state.embeddings, width, cfg.knn_chunk or None))
