@@ -52,7 +52,7 @@ def build_models(cfg: Config, platform: str | None = None) -> Models:
     import jax
 
     platform = platform or jax.default_backend()
-    gen = plugins.builder("generator", generators.name_of(cfg.rave), "rave")(cfg)
+    gen = plugins.builder("generator", generators.name_of(cfg.rave), "rave")(cfg, platform=platform)
     if cfg.init == "dataset":  # latents must be decoded by the model that encoded them
         mismatch = dataset_model_warning(cfg.dataset_path, cfg.rave)
         if mismatch:

@@ -24,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sparseness_rule": ("nearest", "farthest"),
     "gradient_optimizer": ("adam", "sgd"),
     "frontend_precision": ("auto", "float64", "float32"),
+    "precision": ("float32", "bfloat16", "default"),
 }
 
 # Keys naming a plug-in (lvns_jax.plugins): their allowed values are the registered names, checked by
@@ -84,6 +85,11 @@ class Config:
     # --- models ---
     rave: str = "untrained:v1"  # converted weights dir, or untrained:v1 | untrained:v2 | untrained:v2_small | toy
     embedder: str = "untrained:vggish"  # converted weights dir (vggish or panns), or untrained:vggish | untrained:panns | toy
+    # matmul precision of the RAVE decoder's and the embedder's convolutions and dense layers
+    # (lvns_jax.models.precision): float32 (float32 products, lax.Precision.HIGHEST, so TPU does not
+    # silently multiply in bf16) | bfloat16 (bf16 operands, float32 accumulation; on XLA:CPU convs are
+    # lowered to bf16 dots) | default (the backend's default precision). Front ends and kNN stay float32.
+    precision: str = "float32"
     frontend_precision: str = "auto"  # VGGish front end: auto (float64 island where the backend has a float64 FFT, float32 on TPU) | float64 | float32
     noise: bool = True  # RAVE noise (latent completion + noise branch); false = deterministic decoder
     chunk_size: int = 32  # individuals per decode/embed batch inside the step (bounds memory)

@@ -68,7 +68,7 @@ def name_of(spec: str) -> tuple[str, str]:
 
 @plugins.register("embedder", "toy")
 def build_toy(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
-    from lvns_jax.models import toy
+    from lvns_jax.models import toy  # float32 whatever the precision key says
 
     return Embedder(toy.embedder_params(), toy.embed, "TOY embedder (not VGGish, for tests)", False)
 
@@ -87,9 +87,14 @@ def frontend_float64(cfg, platform: str) -> bool:
     return cfg.frontend_precision == "float64"
 
 
+def is_kernel(name: str) -> bool:
+    """Whether a params path is a conv / dense kernel (stored in bf16 under precision = bfloat16)."""
+    return name.endswith("kernel")
+
+
 @plugins.register("embedder", "vggish")
 def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
-    from lvns_jax.models import vggish
+    from lvns_jax.models import precision, vggish
     from lvns_jax.models.vggish import model as vggish_model
     from lvns_jax.models.vggish.frontend import num_examples
 
@@ -103,24 +108,29 @@ def build_vggish(cfg, weights: str, sample_rate: int, clip_samples: int, platfor
                           f"is shorter than one 0.96 s VGGish example; use latent_frames >= {t}")
     model = vggish.untrained(seed=0) if weights == "untrained" else vggish.load(weights)
 
+    policy = precision.policy(cfg.precision, platform)
+
     def embed_grad(params, audio):  # the float64 front-end island is not differentiable: float32 front end
-        return vggish_model.embed(params, audio, sample_rate, high_precision=False)
+        return vggish_model.embed(params, audio, sample_rate, high_precision=False, policy=policy)
 
     exact = frontend_float64(cfg, platform)
     if not exact:
         log.info("VGGish front end in float32 (frontend_precision = %s, platform %s)", cfg.frontend_precision, platform)
-    return Embedder(model.params, model.pure_embed(sample_rate, high_precision=exact), model.description,
-                    model.trained, embed_grad)
+    params = precision.cast_params(model.params, policy, is_kernel)
+    return Embedder(params, model.pure_embed(sample_rate, high_precision=exact, policy=policy),
+                    model.description, model.trained, embed_grad)
 
 
 @plugins.register("embedder", "panns")
 def build_panns(cfg, weights: str, sample_rate: int, clip_samples: int, platform: str = "cpu") -> Embedder:
     """PANNs CNN14 (:mod:`lvns_jax.models.panns`): resampled to 32 kHz, 64-band log-mel, 2048-d embedding."""
-    from lvns_jax.models import panns
+    from lvns_jax.models import panns, precision
 
     model = panns.untrained(seed=0) if weights == "untrained" else panns.load(weights)
     need = model.min_samples(sample_rate)
     if clip_samples < need:
         raise ConfigError(f"latent_frames: {clip_samples} samples at {sample_rate} Hz is shorter than the "
                           f"{need} samples CNN14 needs; use more latent_frames")
-    return Embedder(model.params, model.pure_embed(sample_rate), model.description, model.trained)
+    policy = precision.policy(cfg.precision, platform)
+    params = precision.cast_params(model.params, policy, is_kernel)
+    return Embedder(params, model.pure_embed(sample_rate, policy), model.description, model.trained)

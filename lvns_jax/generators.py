@@ -4,8 +4,9 @@
 * ``rave = "untrained:v1" | "untrained:v2" | "untrained:v2_small"``: RAVE with random weights (UNTRAINED);
 * ``rave = DIR``: RAVE weights converted by ``lvns convert rave`` (:mod:`lvns_jax.models.rave`).
 
-A builder ``build(cfg) -> Generator`` is registered under a name; the spec names it directly
-(``toy``) or, for anything else, the ``rave`` generator reads it.
+A builder ``build(cfg, platform) -> Generator`` is registered under a name; the spec names it directly
+(``toy``) or, for anything else, the ``rave`` generator reads it (``platform``: where it will run,
+"cpu", "gpu", "tpu"; the ``precision`` key's bfloat16 lowering depends on it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def name_of(spec: str) -> str:
 
 
 @plugins.register("generator", "toy")
-def build_toy(cfg) -> Generator:
+def build_toy(cfg, platform: str = "cpu") -> Generator:  # float32 whatever the precision key says
     from lvns_jax.models import toy
 
     return Generator(toy.decoder_params(cfg.latent_channels), toy.decode_noisy if cfg.noise else toy.decode,
@@ -42,12 +43,14 @@ def build_toy(cfg) -> Generator:
 
 
 @plugins.register("generator", "rave")
-def build_rave(cfg) -> Generator:
-    from lvns_jax.models import rave
+def build_rave(cfg, platform: str = "cpu") -> Generator:
+    from lvns_jax.models import precision, rave
 
     if cfg.rave.startswith("untrained:"):
         model = rave.untrained(cfg.rave.split(":", 1)[1], seed=0)
     else:
         model = rave.load(cfg.rave)
-    return Generator(model.params, model.pure_decode(noise=cfg.noise), model.sample_rate, model.hop,
+    policy = precision.policy(cfg.precision, platform)
+    params = precision.cast_params(model.params, policy, rave.is_conv_weight)
+    return Generator(params, model.pure_decode(noise=cfg.noise, policy=policy), model.sample_rate, model.hop,
                      model.latent_size, model.description, model.trained)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvns_jax.errors import WeightsError
+from lvns_jax.models import precision as _precision
 from lvns_jax.models.panns import frontend
 from lvns_jax.models.panns.network import BLOCKS, EMBEDDING_SIZE, Cnn14, param_shapes
 
@@ -37,18 +38,25 @@ KIND = "panns"
 _NET = Cnn14()
 
 
-def embed_logmel(params: Any, logmel: jax.Array) -> jax.Array:
-    """CNN14 on log-mel (..., T, 64) -> (..., 2048); T >= 32."""
+@functools.lru_cache(maxsize=None)
+def _net(policy: _precision.Policy) -> Cnn14:
+    return _NET if policy == _NET.policy else Cnn14(policy)
+
+
+def embed_logmel(params: Any, logmel: jax.Array, policy: _precision.Policy = _precision.FLOAT32) -> jax.Array:
+    """CNN14 on log-mel (..., T, 64) -> (..., 2048); T >= 32. ``policy``: matmul precision."""
     lead = logmel.shape[:-2]
     flat = logmel.reshape((-1,) + logmel.shape[-2:])
-    return _NET.apply({"params": params}, flat).reshape(lead + (EMBEDDING_SIZE,))
+    return _net(policy).apply({"params": params}, flat).reshape(lead + (EMBEDDING_SIZE,))
 
 
-def embed(params: Any, audio: jax.Array, sample_rate: int) -> jax.Array:
+def embed(params: Any, audio: jax.Array, sample_rate: int,
+          policy: _precision.Policy = _precision.FLOAT32) -> jax.Array:
     """CNN14 embedding of each clip: audio (..., S) float -> (..., 2048) float32.
 
     Pure in ``params`` (the params dict, e.g. ``model.params``) and ``audio``; ``sample_rate``
     must be a static Python int under ``jit``. Clips shorter than :func:`min_samples` give NaN.
+    ``policy`` (static): matmul precision of the network (:mod:`lvns_jax.models.precision`).
     """
     sample_rate = frontend._check_rate(sample_rate)
     audio = jnp.asarray(audio, jnp.float32)
@@ -56,10 +64,10 @@ def embed(params: Any, audio: jax.Array, sample_rate: int) -> jax.Array:
         raise ValueError("audio must have shape (..., samples)")
     if not frontend.embeddable(audio.shape[-1], sample_rate):
         return jnp.full(audio.shape[:-1] + (EMBEDDING_SIZE,), jnp.nan, jnp.float32)
-    return embed_logmel(params, frontend.log_mel(audio, sample_rate))
+    return embed_logmel(params, frontend.log_mel(audio, sample_rate), policy)
 
 
-_embed_jit = jax.jit(embed, static_argnames=("sample_rate",))
+_embed_jit = jax.jit(embed, static_argnames=("sample_rate", "policy"))
 
 
 def min_samples(sample_rate: int = frontend.SAMPLE_RATE) -> int:
@@ -96,14 +104,15 @@ class PannsModel:
 
         return f
 
-    def pure_embed(self, sample_rate: int) -> Callable[[Any, jax.Array], jax.Array]:
+    def pure_embed(self, sample_rate: int,
+                   policy: _precision.Policy = _precision.FLOAT32) -> Callable[[Any, jax.Array], jax.Array]:
         """A pure ``f(params, audio (B, S)) -> (B, 2048)`` float32, for ``jit`` with ``self.params``
         as an argument. Differentiable w.r.t. ``audio`` (and ``params``): it is also the
-        ``embed_grad`` of the engine."""
+        ``embed_grad`` of the engine. ``policy``: matmul precision (:mod:`lvns_jax.models.precision`)."""
         sample_rate = frontend._check_rate(sample_rate)
 
         def f(params, audio):
-            return embed(params, audio, sample_rate)
+            return embed(params, audio, sample_rate, policy)
 
         return f
 

@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lvns_jax.models import precision as _precision
+
 EMBEDDING_SIZE = 2048
 NUM_BANDS = 64
 BN_EPS = 1e-5
@@ -88,31 +90,30 @@ class Conv3x3(nn.Module):
     """3x3 convolution, stride 1, zero padding 1, no bias (torch ``Conv2d(..., bias=False)``), NHWC."""
 
     features: int
-    precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    policy: _precision.Policy = _precision.FLOAT32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cin = x.shape[-1]
+        p = self.policy
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, cin, self.features), jnp.float32)
         if cin < IM2COL_MIN_CHANNELS:
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                precision=self.precision)
+            return _precision.conv(x, kernel, p, (1, 1), ((1, 1), (1, 1)), dn=("NHWC", "HWIO", "NHWC"))
         h, w = x.shape[-3], x.shape[-2]
         xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1)
-        return jnp.einsum("nhwk,ko->nhwo", cols, kernel.reshape(9 * cin, self.features), precision=self.precision)
+        return _precision.dot(cols, kernel.reshape(9 * cin, self.features), p, "nhwk,ko->nhwo")
 
 
 class ConvBlock(nn.Module):
     features: int
     pool: int
-    precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    policy: _precision.Policy = _precision.FLOAT32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in (1, 2):
-            x = Conv3x3(self.features, precision=self.precision, name=f"conv{i}")(x)
+            x = Conv3x3(self.features, policy=self.policy, name=f"conv{i}")(x)
             x = nn.relu(FrozenBatchNorm(name=f"bn{i}")(x))
         if self.pool > 1:
             x = nn.avg_pool(x, (self.pool, self.pool), strides=(self.pool, self.pool), padding="VALID")
@@ -120,16 +121,19 @@ class ConvBlock(nn.Module):
 
 
 class Cnn14(nn.Module):
-    """Log-mel (N, T, 64) (dB, from :func:`frontend.log_mel`) -> embeddings (N, 2048), T >= 32."""
+    """Log-mel (N, T, 64) (dB, from :func:`frontend.log_mel`) -> embeddings (N, 2048), T >= 32.
+    ``policy``: matmul precision of the convolutions and fc1 (:mod:`lvns_jax.models.precision`)."""
 
-    precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    policy: _precision.Policy = _precision.FLOAT32
 
     @nn.compact
     def __call__(self, logmel: jax.Array) -> jax.Array:
         x = FrozenBatchNorm(name="bn0")(logmel.astype(jnp.float32))  # per mel bin
         x = x[..., None]  # (N, T, 64, 1) NHWC
         for name, cout, pool in BLOCKS:
-            x = ConvBlock(cout, pool, precision=self.precision, name=name)(x)
+            x = ConvBlock(cout, pool, policy=self.policy, name=name)(x)
         x = jnp.mean(x, axis=2)  # over frequency -> (N, T', 2048)
         x = jnp.max(x, axis=1) + jnp.mean(x, axis=1)
-        return nn.relu(nn.Dense(EMBEDDING_SIZE, precision=self.precision, name="fc1")(x))
+        if self.policy.bf16:
+            return nn.relu(_precision.Dense(EMBEDDING_SIZE, self.policy, name="fc1")(x))
+        return nn.relu(nn.Dense(EMBEDDING_SIZE, precision=self.policy.lax_precision, name="fc1")(x))

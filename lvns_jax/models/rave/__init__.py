@@ -77,6 +77,12 @@ def untrained(config: str = "v1", seed: int = 0, latent_size: int = 8, **overrid
     return build_untrained(spec, meta, seed, desc)
 
 
+def is_conv_weight(name: str) -> bool:
+    """Whether a params key is a generator convolution's weight (cast to bf16 under precision =
+    bfloat16; the PCA, biases, Snake alphas and PQMF filters stay float32)."""
+    return name.endswith("_w") and name != "pqmf_w"
+
+
 def _walk(node):
     if node[0] in ("seq", "sum"):
         for c in node[1]:
@@ -115,4 +121,4 @@ def load(path) -> RaveDecoder:
     return RaveDecoder(spec, params, meta, trained=trained, description=desc)
 
 
-__all__ = ["load", "untrained", "config_spec", "RaveDecoder", "RaveModule", "CONFIGS"]
+__all__ = ["load", "untrained", "config_spec", "is_conv_weight", "RaveDecoder", "RaveModule", "CONFIGS"]

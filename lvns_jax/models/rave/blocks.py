@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lvns_jax.models.precision import FLOAT32, Policy
+from lvns_jax.models.precision import conv as _conv
+
 _DN = ("NWC", "WIO", "NWC")
 
 # Accessor: get(name, shape, init) -> array. Flax modules pass ``self.param``; pure code a dict lookup.
@@ -50,18 +53,16 @@ def ones_init(key, shape, dtype=jnp.float32):
     return jnp.ones(shape, dtype)
 
 
-def conv1d(x, w, b=None, stride=1, dilation=1, groups=1, pad=(0, 0)):
-    """x (B, T, Cin), w (K, Cin/groups, Cout) -> (B, T', Cout); cross-correlation like torch."""
-    y = lax.conv_general_dilated(
-        x, w, window_strides=(stride,), padding=[tuple(pad)], rhs_dilation=(dilation,),
-        dimension_numbers=_DN, feature_group_count=groups,
-    )
+def conv1d(x, w, b=None, stride=1, dilation=1, groups=1, pad=(0, 0), policy: Policy = FLOAT32):
+    """x (B, T, Cin), w (K, Cin/groups, Cout) -> (B, T', Cout); cross-correlation like torch.
+    ``policy``: matmul precision (:mod:`lvns_jax.models.precision`)."""
+    y = _conv(x, w, policy, (stride,), [tuple(pad)], (dilation,), groups, _DN)
     if b is not None:
         y = y + b
     return y
 
 
-def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0):
+def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0, policy: Policy = FLOAT32):
     """torch.nn.functional.conv_transpose1d in NWC, done polyphase (no zero-stuffing).
 
     w is (K, Cin, Cout) with w[k, i, o] = torch_weight[i, o, k]. With J = ceil(K/stride), the
@@ -77,8 +78,7 @@ def conv_transpose1d(x, w, b=None, stride=1, padding=0, output_padding=0):
     # W'[t, i, q*cout + o] = w[(J-1-t)*s + q, i, o]
     wp = w.reshape(J, s, cin, cout)[::-1]            # [t, q, i, o]
     wp = jnp.transpose(wp, (0, 2, 1, 3)).reshape(J, cin, s * cout)
-    y = lax.conv_general_dilated(
-        x, wp, window_strides=(1,), padding=[(J - 1, J - 1)], dimension_numbers=_DN)
+    y = _conv(x, wp, policy, (1,), [(J - 1, J - 1)], (1,), 1, _DN)
     y = y.reshape(B, (L + J - 1) * s, cout)
     out_len = (L - 1) * s - 2 * padding + K + output_padding
     end = padding + out_len
@@ -98,31 +98,31 @@ def mod_sigmoid(x):
     return 2.0 * jax.nn.sigmoid(x) ** 2.3 + 1e-7
 
 
-def apply_node(node, x, get: Getter):
-    """Run one spec node on x (B, T, C)."""
+def apply_node(node, x, get: Getter, policy: Policy = FLOAT32):
+    """Run one spec node on x (B, T, C); convolutions under ``policy`` (matmul precision)."""
     op = node[0]
     if op == "seq":
         for child in node[1]:
-            x = apply_node(child, x, get)
+            x = apply_node(child, x, get, policy)
         return x
     if op == "sum":
-        outs = [apply_node(child, x, get) for child in node[1]]
+        outs = [apply_node(child, x, get, policy) for child in node[1]]
         y = outs[0]
         for o in outs[1:]:
             y = y + o
         return y
     if op == "res":
-        return x + apply_node(node[1], x, get)
+        return x + apply_node(node[1], x, get, policy)
     if op == "conv":
         _, pid, k, cin, cout, stride, dil, groups, pl, pr, bias = node
         w = get(f"{pid}_w", (k, cin // groups, cout), torch_conv_init(cin // groups * k))
         b = get(f"{pid}_b", (cout,), torch_conv_init(cin // groups * k)) if bias else None
-        return conv1d(x, w, b, stride, dil, groups, (pl, pr))
+        return conv1d(x, w, b, stride, dil, groups, (pl, pr), policy)
     if op == "convt":
         _, pid, k, cin, cout, stride, padding, out_pad, bias = node
         w = get(f"{pid}_w", (k, cin, cout), torch_conv_init(cout * k))
         b = get(f"{pid}_b", (cout,), torch_conv_init(cout * k)) if bias else None
-        return conv_transpose1d(x, w, b, stride, padding, out_pad)
+        return conv_transpose1d(x, w, b, stride, padding, out_pad, policy)
     if op == "lrelu":
         return jnp.where(x >= 0, x, node[1] * x)
     if op == "snake":
@@ -194,13 +194,13 @@ def causal_fft_filter(signal, kernel):
     return jnp.fft.irfft(S * H, 2 * n, axis=-1)[..., :n]
 
 
-def apply_noise(noise_spec, x, get: Getter, uniform):
+def apply_noise(noise_spec, x, get: Getter, uniform, policy: Policy = FLOAT32):
     """RAVE noise generator. x (B, T, C) features; uniform (B, F, D, target) in [-1, 1).
 
     Returns filtered noise (B, F*target, D) in channels-last layout.
     """
     _, net, n_out, n_bands, target = noise_spec
-    a = apply_node(net, x, get)                     # (B, F, n_out * n_bands)
+    a = apply_node(net, x, get, policy)             # (B, F, n_out * n_bands)
     amp = mod_sigmoid(a - 5.0)
     B, F, _ = amp.shape
     amp = amp.reshape(B, F, n_out, n_bands)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lvns_jax.models import precision as _precision
 from lvns_jax.models.rave import blocks
 from lvns_jax.models.rave.pqmf import pqmf_inverse
 
@@ -56,15 +57,20 @@ def gen_out_length(gen, T: int) -> int:
 
 
 class RaveModule(nn.Module):
-    """Flax module. Call with z (B, C, T) channels-first (like the .ts) and explicit randomness."""
+    """Flax module. Call with z (B, C, T) channels-first (like the .ts) and explicit randomness.
+    ``policy``: matmul precision of the generator's convolutions (:mod:`lvns_jax.models.precision`);
+    the latent PCA and the PQMF synthesis stay float32 (tiny, and they set the output's accuracy)."""
 
     spec: tuple
+    policy: _precision.Policy = _precision.FLOAT32
 
     @nn.compact
     def __call__(self, z, completion=None, uniform=None, noise: bool = False):
         _, gen, pqmf, full = self.spec
         B, C, T = z.shape
         get = lambda name, shape, init: self.param(name, init, shape)
+        p = self.policy
+        p32 = _precision.FLOAT32 if p.bf16 else p  # PCA, PQMF: float32 (or the backend default)
 
         pca = self.param("latent_pca", _const_init(np.eye(full)), (full, full))
         mean = self.param("latent_mean", nn.initializers.zeros, (full,))
@@ -76,14 +82,14 @@ class RaveModule(nn.Module):
         elif C > full:
             raise ValueError(f"latent has {C} channels, the model takes at most {full}")
         # conv1d with latent_pca^T: z_full[i] = sum_j pca[j, i] z[j]
-        x = jnp.einsum("btj,ji->bti", z, pca) + mean
+        x = jnp.einsum("btj,ji->bti", z, pca, precision=p32.lax_precision) + mean
 
         kind = gen[0]
         if kind == "v1":
             _, net, wave, loud, loud_stride, noise_spec, noise_active = gen
-            h = blocks.apply_node(net, x, get)
-            w = blocks.apply_node(wave, h, get)
-            l = blocks.apply_node(loud, h, get)
+            h = blocks.apply_node(net, x, get, p)
+            w = blocks.apply_node(wave, h, get, p)
+            l = blocks.apply_node(loud, h, get, p)
             if loud_stride != 1:
                 l = jnp.repeat(l, loud_stride, axis=1)
             y = jnp.tanh(w) * blocks.mod_sigmoid(l)
@@ -91,20 +97,20 @@ class RaveModule(nn.Module):
                 # create the noise params even when the branch is off (stable param tree)
                 u = uniform if (noise and noise_active) else jnp.zeros(
                     blocks.noise_uniform_shape(noise_spec, B, h.shape[1]), jnp.float32)
-                n = blocks.apply_noise(noise_spec, h, get, u)
+                n = blocks.apply_noise(noise_spec, h, get, u, p)
                 if noise and noise_active:
                     y = y + n
         elif kind == "v2":
             _, net, wave, noise_spec, amp_mod = gen
-            h = blocks.apply_node(net, x, get)
+            h = blocks.apply_node(net, x, get, p)
             n = 0.0
             if noise_spec is not None:
                 u = uniform if noise else jnp.zeros(
                     blocks.noise_uniform_shape(noise_spec, B, h.shape[1]), jnp.float32)
-                nn_out = blocks.apply_noise(noise_spec, h, get, u)
+                nn_out = blocks.apply_noise(noise_spec, h, get, u, p)
                 if noise:
                     n = nn_out
-            y = blocks.apply_node(wave, h, get) if wave is not None else h
+            y = blocks.apply_node(wave, h, get, p) if wave is not None else h
             if amp_mod:
                 half = y.shape[-1] // 2
                 y = y[..., :half] * jax.nn.sigmoid(y[..., half:])
@@ -118,7 +124,7 @@ class RaveModule(nn.Module):
 
             pw = self.param("pqmf_w", lambda k, s, d=jnp.float32: jnp.asarray(synthesis_weight(n_band)),
                             (taps, n_band, n_band))
-            audio = pqmf_inverse(y, pw, (pl, pr))
+            audio = pqmf_inverse(y, pw, (pl, pr), p32)
         else:
             audio = y[..., 0]
         return audio
@@ -140,6 +146,7 @@ class RaveDecoder:
     def __init__(self, spec, params, meta: dict, trained: bool, description: str):
         self.spec = to_tuple(spec)
         self.module = RaveModule(self.spec)
+        self._modules = {}
         self.params = params
         self.meta = dict(meta)
         self.trained = bool(trained)
@@ -159,10 +166,20 @@ class RaveDecoder:
         return uniform_shape(self.spec, 1, 1) is not None
 
     # -------------------------------------------------------------- pure functions
-    def apply(self, params, z, completion=None, uniform=None, noise: bool = False):
-        """Pure decode with explicit randomness (completion (B, F-C, T), uniform in [-1, 1))."""
+    def module_for(self, policy: _precision.Policy | None = None) -> RaveModule:
+        """The Flax module computing under ``policy`` (default float32)."""
+        if policy is None or policy == self.module.policy:
+            return self.module
+        if policy not in self._modules:
+            self._modules[policy] = RaveModule(self.spec, policy)
+        return self._modules[policy]
+
+    def apply(self, params, z, completion=None, uniform=None, noise: bool = False,
+              policy: _precision.Policy | None = None):
+        """Pure decode with explicit randomness (completion (B, F-C, T), uniform in [-1, 1));
+        ``policy``: matmul precision (:mod:`lvns_jax.models.precision`, default float32)."""
         T = z.shape[-1]
-        out = self.module.apply({"params": params}, z, completion, uniform, noise)
+        out = self.module_for(policy).apply({"params": params}, z, completion, uniform, noise)
         return out[:, : T * self.hop]
 
     def draw_noise(self, key, z_shape):
@@ -176,26 +193,27 @@ class RaveDecoder:
         uniform = None if shape is None else jax.random.uniform(k2, shape, jnp.float32, -1.0, 1.0)
         return completion, uniform
 
-    def decode_fn(self, noise: bool = True, params=None):
+    def decode_fn(self, noise: bool = True, params=None, policy: _precision.Policy | None = None):
         """Pure ``f(z (B, C, T), key) -> (B, T*hop)`` closed over params; traceable inside jit/scan.
 
-        With ``noise=False`` the key is ignored (may be None).
+        With ``noise=False`` the key is ignored (may be None). ``policy``: matmul precision.
         """
         params = self.params if params is None else params
 
         def f(z, key=None):
             if noise:
                 completion, uniform = self.draw_noise(key, z.shape)
-                return self.apply(params, z, completion, uniform, True)
-            return self.apply(params, z, None, None, False)
+                return self.apply(params, z, completion, uniform, True, policy)
+            return self.apply(params, z, None, None, False, policy)
 
         return f
 
-    def pure_decode(self, noise: bool = True):
-        """Pure ``f(params, z (B, C, T), key) -> (B, T*hop)`` (params passed in, not baked in)."""
+    def pure_decode(self, noise: bool = True, policy: _precision.Policy | None = None):
+        """Pure ``f(params, z (B, C, T), key) -> (B, T*hop)`` (params passed in, not baked in);
+        ``policy``: matmul precision (:mod:`lvns_jax.models.precision`, default float32)."""
 
         def f(params, z, key=None):
-            return self.decode_fn(noise, params)(z, key)
+            return self.decode_fn(noise, params, policy)(z, key)
 
         return f
 

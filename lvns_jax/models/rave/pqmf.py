@@ -18,6 +18,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from lvns_jax.models.precision import FLOAT32, Policy
 from lvns_jax.models.rave.blocks import conv1d
 
 
@@ -69,14 +70,15 @@ def _synthesis_weight(n_band: int, atten: float) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(2, 1, 0)).astype(np.float32)  # (taps, in, out)
 
 
-def pqmf_inverse(x, weight, pad):
-    """x (B, T, M) bands -> (B, T*M) waveform. weight (taps, M, M); pad (left, right)."""
+def pqmf_inverse(x, weight, pad, policy: Policy = FLOAT32):
+    """x (B, T, M) bands -> (B, T*M) waveform. weight (taps, M, M); pad (left, right);
+    ``policy``: matmul precision (default float32)."""
     B, T, M = x.shape
     if M == 1:
         return x[..., 0]
     sign = np.ones((T, M), np.float32)
     sign[0::2, 1::2] = -1.0
     x = x * jnp.asarray(sign)
-    y = conv1d(x, weight, None, 1, 1, 1, tuple(pad)) * M
+    y = conv1d(x, weight, None, 1, 1, 1, tuple(pad), policy) * M
     y = y[..., ::-1]
     return y.reshape(B, -1)

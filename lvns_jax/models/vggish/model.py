@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lvns_jax.errors import WeightsError
+from lvns_jax.models import precision as _precision
 from lvns_jax.models.vggish import frontend
 from lvns_jax.models.vggish.network import EMBEDDING_SIZE, VGGish, param_shapes, postprocess
 
@@ -35,17 +36,25 @@ log = logging.getLogger(__name__)
 _NET = VGGish()
 
 
-def embed_examples(params: Any, examples: jax.Array, pca: Any = None) -> jax.Array:
-    """VGG on examples (..., 96, 64) -> (..., 128); with ``pca`` also PCA + quantisation."""
+@functools.lru_cache(maxsize=None)
+def _net(policy: _precision.Policy) -> VGGish:
+    return _NET if policy == _NET.policy else VGGish(policy)
+
+
+def embed_examples(params: Any, examples: jax.Array, pca: Any = None,
+                   policy: _precision.Policy = _precision.FLOAT32) -> jax.Array:
+    """VGG on examples (..., 96, 64) -> (..., 128); with ``pca`` also PCA + quantisation.
+    ``policy``: matmul precision of the network (:mod:`lvns_jax.models.precision`)."""
     lead = examples.shape[:-2]
     flat = examples.reshape((-1,) + examples.shape[-2:])
-    out = _NET.apply({"params": params}, flat)
+    out = _net(policy).apply({"params": params}, flat)
     if pca is not None:
         out = postprocess(out, pca["eigen_vectors"], pca["means"])
     return out.reshape(lead + (EMBEDDING_SIZE,))
 
 
-def embed(params: Any, audio: jax.Array, sample_rate: int, pca: Any = None, high_precision: bool = True) -> jax.Array:
+def embed(params: Any, audio: jax.Array, sample_rate: int, pca: Any = None, high_precision: bool = True,
+          policy: _precision.Policy = _precision.FLOAT32) -> jax.Array:
     """Mean VGGish embedding of each clip: audio (..., S) float -> (..., 128) float32.
 
     A pure function of ``params`` (the Flax params dict, e.g. ``model.params``) and ``audio``;
@@ -54,6 +63,8 @@ def embed(params: Any, audio: jax.Array, sample_rate: int, pca: Any = None, high
     applies torchvggish's PCA + 8-bit quantisation to each example's embedding before the
     mean, i.e. what ``postprocess=True`` would have given; LVNS-RAVE itself uses
     ``postprocess=False`` (``pca=None``). Clips with no complete 0.96 s example give NaN.
+    ``policy`` (static): matmul precision of the network (:mod:`lvns_jax.models.precision`; the
+    front end is not affected, see ``high_precision``).
     """
     sample_rate = frontend._check_rate(sample_rate)
     audio = jnp.asarray(audio, jnp.float32)
@@ -63,10 +74,10 @@ def embed(params: Any, audio: jax.Array, sample_rate: int, pca: Any = None, high
     if n_ex == 0:
         return jnp.full(audio.shape[:-1] + (EMBEDDING_SIZE,), jnp.nan, jnp.float32)
     examples = frontend.waveform_to_examples(audio, sample_rate, high_precision=high_precision)
-    return embed_examples(params, examples, pca).mean(axis=-2)
+    return embed_examples(params, examples, pca, policy).mean(axis=-2)
 
 
-_embed_jit = jax.jit(embed, static_argnames=("sample_rate", "high_precision"))
+_embed_jit = jax.jit(embed, static_argnames=("sample_rate", "high_precision", "policy"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,17 +112,18 @@ class VGGishModel:
 
         return f
 
-    def pure_embed(self, sample_rate: int, postprocess: bool = False,
-                   high_precision: bool = True) -> Callable[[Any, jax.Array], jax.Array]:
+    def pure_embed(self, sample_rate: int, postprocess: bool = False, high_precision: bool = True,
+                   policy: _precision.Policy = _precision.FLOAT32) -> Callable[[Any, jax.Array], jax.Array]:
         """A pure ``f(params, audio (B, S)) -> (B, 128)`` for use inside ``jit`` with
         ``self.params`` passed as an argument (compile time does not grow with model size).
         With ``postprocess`` the (small) PCA parameters are closed over. ``high_precision=False``:
-        the float32 front end (for backends without float64 FFT, e.g. TPU)."""
+        the float32 front end (for backends without float64 FFT, e.g. TPU). ``policy``: matmul
+        precision of the network (:mod:`lvns_jax.models.precision`)."""
         sample_rate = frontend._check_rate(sample_rate)
         pca = self._pca(postprocess)
 
         def f(params, audio):
-            return embed(params, audio, sample_rate, pca=pca, high_precision=high_precision)
+            return embed(params, audio, sample_rate, pca=pca, high_precision=high_precision, policy=policy)
 
         return f
 

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lvns_jax.models import precision as _precision
+
 EMBEDDING_SIZE = 128
 CONV_LAYERS = (("conv1", 64), "M", ("conv2", 128), "M", ("conv3_1", 256), ("conv3_2", 256), "M",
                ("conv4_1", 512), ("conv4_2", 512), "M")
@@ -64,23 +66,33 @@ def param_shapes() -> dict:
 
 
 class VGGish(nn.Module):
-    """Examples (N, 96, 64) log-mel -> embeddings (N, 128), pre-PCA (after the final ReLU)."""
+    """Examples (N, 96, 64) log-mel -> embeddings (N, 128), pre-PCA (after the final ReLU).
 
-    precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    ``policy``: matmul precision (:mod:`lvns_jax.models.precision`): float32 (HIGHEST, default),
+    bfloat16 (bf16 operands, float32 accumulation), default (the backend's)."""
+
+    policy: _precision.Policy = _precision.FLOAT32
 
     @nn.compact
     def __call__(self, examples: jax.Array) -> jax.Array:
+        p = self.policy
         x = examples[..., None].astype(jnp.float32)  # NHWC
         for spec in CONV_LAYERS:
             if spec == "M":
                 x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
             else:
                 name, cout = spec
-                x = nn.Conv(cout, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision, name=name)(x)
+                if p.bf16:
+                    x = _precision.Conv(cout, (3, 3), ((1, 1), (1, 1)), p, name=name)(x)
+                else:
+                    x = nn.Conv(cout, (3, 3), padding=((1, 1), (1, 1)), precision=p.lax_precision, name=name)(x)
                 x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)  # (N, 6*4*512) in (h, w, c) order, as torchvggish
         for name, fout in FC_LAYERS:
-            x = nn.relu(nn.Dense(fout, precision=self.precision, name=name)(x))
+            if p.bf16:
+                x = nn.relu(_precision.Dense(fout, p, name=name)(x))
+            else:
+                x = nn.relu(nn.Dense(fout, precision=p.lax_precision, name=name)(x))
         return x
 
 
