@@ -9,6 +9,14 @@ is its own):
   ``lvns run`` runs, any emitter/scorer/archive): median seconds over ``repeats`` calls after a warm-up
   call, compile time (first call minus the median), individuals per second (children evaluated
   per second, the work a generation adds), and the process' peak resident memory;
+* the floating-point work of each stage (XLA's ``compiled.cost_analysis()["flops"]``) and the
+  achieved GFLOP/s (flops / median seconds). XLA counts a loop body ONCE whatever its trip count,
+  so the chunked stages (``decode``, ``embed``: a ``lax.map`` over ``ceil(B / chunk_size)``
+  chunks) are costed as one chunk's function compiled on its own, times the number of chunks
+  (padded individuals of an unbalanced last chunk are work done, and counted); ``step`` is the sum
+  of the stages (its own cost analysis would count the chunk loop once). Convolutions and matmuls
+  are counted at 2 flops per multiply-add; FFTs, gathers and transcendentals are not counted by
+  XLA:CPU (they are small next to the two networks);
 * optionally the ORIGINAL LVNS-RAVE loop (``experiments/baselines/original_lvns.py``, run with a
   Python that has torch + torchvggish, e.g. the reference venv) on the very same weights: the
   ``.ts`` export and the torchvggish state dict, which are converted for our side. The ratio
@@ -53,6 +61,30 @@ def _time(fn: Callable, *args, repeats: int) -> tuple[float, float]:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return first, statistics.median(times)
+
+
+def flops_of(fn: Callable, *args) -> float | None:
+    """XLA's flop count of ``jax.jit(fn)(*args)`` (a loop body counted once), None if unavailable."""
+    import jax
+
+    try:
+        c = jax.jit(fn).lower(*args).compile().cost_analysis()
+    except Exception:  # noqa: BLE001 - a measurement, never fatal
+        return None
+    if isinstance(c, (list, tuple)):
+        c = c[0] if c else None
+    f = (c or {}).get("flops")
+    return float(f) if f is not None and f >= 0 else None
+
+
+def chunk_plan(b: int, chunk_size: int, mesh=None) -> tuple[int, int, int]:
+    """(devices, chunks per device, individuals per chunk) of :func:`individuals.map_individuals`."""
+    from lvns_jax import individuals
+
+    d = 1 if mesh is None else mesh.size
+    local = b // d
+    n = individuals.num_chunks(local, chunk_size)
+    return d, n, -(-local // n)
 
 
 def synthetic_state(search, seed: int = 0):
@@ -114,6 +146,11 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
     def record(name, first, med):
         out["stages"][name] = {"seconds": med, "compile_s": max(first - med, 0.0)}
 
+    def record_flops(name, flops):
+        st = out["stages"][name]
+        st["gflop"] = None if flops is None else flops / 1e9
+        st["gflops_per_s"] = None if flops is None or st["seconds"] <= 0 else flops / 1e9 / st["seconds"]
+
     children = emit(eng, state, gen_key, child_keys)
     record("breed", *_time(emit, eng, state, gen_key, child_keys, repeats=repeats))
     audio = decode(eng, children, noise_keys)
@@ -124,6 +161,21 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
     record("sparseness", *_time(score, eng, state, child_emb, repeats=repeats))
     sp = score(eng, state, child_emb)
     record("select", *_time(select, eng, gen_key, sp, repeats=repeats))
+
+    # flops: the chunked stages as one chunk (XLA counts a lax.map body once) times the chunks
+    devs, n_chunks, c = chunk_plan(b, eng.chunk_size, eng.mesh)
+    out["chunks"] = {"devices": devs, "chunks_per_device": n_chunks, "chunk": c}
+    z1, k1 = children[:c], noise_keys[:c]
+    audio1 = individuals.decode_each(models, z1, k1)
+    f_dec = flops_of(lambda m, z, ks: individuals.decode_each(m, z, ks), models, z1, k1)
+    f_emb = flops_of(lambda m, a: m.embed(m.embedder_params, a), models, audio1)
+    del audio1
+    scale = devs * n_chunks
+    stage_flops = {"breed": flops_of(emit, eng, state, gen_key, child_keys),
+                   "decode": None if f_dec is None else f_dec * scale,
+                   "embed": None if f_emb is None else f_emb * scale,
+                   "sparseness": flops_of(score, eng, state, child_emb),
+                   "select": flops_of(select, eng, gen_key, sp)}
 
     first_s = time.perf_counter()
     s1, _ = search.step(eng, state)
@@ -137,6 +189,9 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     record("step", first, med)
+    for name, f in stage_flops.items():
+        record_flops(name, f)
+    record_flops("step", None if any(f is None for f in stage_flops.values()) else sum(stage_flops.values()))
     out["generation_s"] = med
     out["individuals_per_s"] = b / med
     out["stage_sum_s"] = sum(out["stages"][k]["seconds"] for k in STAGES[:-1])
@@ -202,8 +257,13 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r.get('name', ''):>12} {c['container_size']:>6} {c['breed_size']:>6} {c['k']:>4} "
             f"{c['latent'][0]}x{c['latent'][1]:<5} | " + " ".join(f"{st[s]['seconds']:>10.4f}" for s in STAGES) +
             f" | {r['individuals_per_s']:>8.2f} {st['step']['compile_s']:>8.1f} {r['peak_rss_mb']:>8.0f}")
-    lines.append("(stage columns: median seconds per generation; ind/s = children evaluated per second by the "
-                 "whole jitted step; compile = first step call minus median)")
+        if any(st[s].get("gflops_per_s") is not None for s in STAGES):
+            gf = [st[s].get("gflops_per_s") for s in STAGES]
+            lines.append(f"{'GFLOP/s':>39} | " + " ".join(f"{'-' if g is None else f'{g:.1f}':>10}" for g in gf) +
+                         f" | {st['step'].get('gflop') or 0:>8.4g} GFLOP/generation")
+    lines.append("(stage columns: median seconds per generation, and under them the achieved GFLOP/s = XLA's "
+                 "flop count / seconds; ind/s = children evaluated per second by the whole jitted step; "
+                 "compile = first step call minus median)")
     return "\n".join(lines)
 
 
