@@ -63,7 +63,13 @@ def one(method: str, n: int, gens: int) -> dict:
         if g:  # generation 0 includes compilation
             times.append(time.perf_counter() - t0)
         new.append(int(nnew))
-    return dict(method=method, n=n, b=B, d=D, k=K, width=WIDTH if method == "incremental" else None, gens=gens, seconds_per_gen=sum(times) / len(times),
+    sec = sum(times) / len(times)
+    p = n + B
+    if method == "brute":  # the pool's distance matmul, P x P x D multiply-adds
+        flop = 2.0 * p * p * D
+    else:  # children vs pool, plus the recomputed rows vs the container / pool
+        flop = 2.0 * B * p * D + 2.0 * (sum(recomputed[1:]) / max(len(recomputed) - 1, 1)) * p * D
+    return dict(method=method, n=n, b=B, d=D, k=K, gflop=flop / 1e9, gflops=flop / 1e9 / sec, width=WIDTH if method == "incremental" else None, gens=gens, seconds_per_gen=sec,
                 times=times, new_survivors=new, recomputed_rows=recomputed,
                 build_seconds=build_s if method == "incremental" else None,
                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -91,15 +97,17 @@ def main() -> None:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(r)
             print(json.dumps(r), flush=True)
-    print(f"\n| N | B | method | s/generation | peak RSS MiB | rows recomputed/gen | brute/incremental |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n| N | B | method | s/generation | distance GFLOP | GFLOP/s | peak RSS MiB | rows recomputed/gen | "
+          f"brute/incremental |")
+    print("|---|---|---|---|---|---|---|---|---|")
     by = {(r["n"], r["method"]): r for r in rows}
     for r in rows:
         ratio = ""
         if r["method"] == "incremental" and (r["n"], "brute") in by:
             ratio = f"{by[(r['n'], 'brute')]['seconds_per_gen'] / r['seconds_per_gen']:.1f}x"
         rec = (f"{sum(r['recomputed_rows']) / len(r['recomputed_rows']):.0f}" if r["recomputed_rows"] else "")
-        print(f"| {r['n']} | {r['b']} | {r['method']} | {r['seconds_per_gen']:.2f} | {r['peak_rss_mib']:.0f} | "
+        print(f"| {r['n']} | {r['b']} | {r['method']} | {r['seconds_per_gen']:.3f} | {r['gflop']:.1f} | "
+              f"{r['gflops']:.1f} | {r['peak_rss_mib']:.0f} | "
               f"{rec} | {ratio} |")
 
 

@@ -84,41 +84,221 @@ def build(embeddings: jax.Array, width: int, chunk: int | None = None) -> KnnLis
     pool, pool_sq, ok = novelty.prepare(embeddings)
     n = pool.shape[0]
     d2, idx = _lists_of(pool, jnp.arange(n, dtype=jnp.int32), pool, pool_sq, ok, width, _chunk(chunk, n))
-    return KnnLists(d2=d2, idx=idx, bound=d2[:, -1], recomputed=jnp.int32(n))
+    return KnnLists(d2=d2, idx=idx, bound=_last(d2), recomputed=jnp.int32(n))
 
 
-def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | None = None):
+#: Relative bound on the rounding error of a matmul distance ``|a|^2 + |b|^2 - 2 a.b`` in float32
+#: (D = 128: worst case ~1.6e-5 (|a|^2 + |b|^2) for recursive summation; pairwise is far smaller).
+#: Only decides which pairs are refined exactly: a larger value costs work, never changes a result.
+TOL = 3e-5
+
+
+def _tol(sq_a: jax.Array, sq_b: jax.Array) -> jax.Array:
+    return TOL * (sq_a + sq_b) + jnp.finfo(jnp.float32).tiny
+
+
+def reverse_width(width: int, n: int) -> int:
+    """Container rows a child may enter per generation before the overflow rule applies: 4L (>= 64)."""
+    return int(min(n, max(4 * width, 64)))
+
+
+def slot_width(width: int, n: int, b: int) -> int:
+    """New children a container row takes per generation before its bound is lowered: ~4x the mean."""
+    return int(max(1, min(b, max(8, -(-4 * width * b // max(n, 1))))))
+
+
+def merge_sorted(a_d2, a_idx, e_d2, e_idx, width: int):
+    """First ``width`` entries of the merge of two ascending lists per row (ties: ``a`` first), and the
+    value of the first entry that did not fit (+inf if none): (d2, idx, first dropped). No sort: each
+    entry's merged position is its rank, counted by comparisons, and the lists are scattered there."""
+    la, lw = a_d2.shape[-1], e_d2.shape[-1]
+    rank_a = jnp.arange(la) + jnp.sum(e_d2[:, None, :] < a_d2[:, :, None], axis=-1)
+    rank_e = jnp.arange(lw) + jnp.sum(a_d2[:, None, :] <= e_d2[:, :, None], axis=-1)
+    rows = jnp.arange(a_d2.shape[0])[:, None]
+    ranks = jnp.concatenate([rank_a, rank_e], axis=1)
+    d2 = jnp.zeros((a_d2.shape[0], la + lw), a_d2.dtype).at[rows, ranks].set(
+        jnp.concatenate([a_d2, e_d2], axis=1), unique_indices=True)
+    idx = jnp.zeros((a_d2.shape[0], la + lw), a_idx.dtype).at[rows, ranks].set(
+        jnp.concatenate([a_idx, e_idx], axis=1), unique_indices=True)
+    dropped = d2[:, width] if la + lw > width else jnp.full(a_d2.shape[:1], jnp.inf, a_d2.dtype)
+    return d2[:, :width], idx[:, :width], dropped
+
+
+def _last(d2: jax.Array) -> jax.Array:
+    """The last entry of ascending lists, as a reduction: XLA:CPU turns ``top_k(...)[0][:, -1]`` into
+    a full sort of the row (40x slower than top_k)."""
+    return jnp.max(d2, axis=-1)
+
+
+def _min_rows(x: jax.Array) -> jax.Array:
+    """``min(x, axis=0)`` of a (c, n) array by halving: contiguous elementwise minima (XLA:CPU's
+    column reduction walks memory with stride n and is an order of magnitude slower)."""
+    while x.shape[0] > 1:
+        h = x.shape[0] // 2
+        head = jnp.minimum(x[:h], x[h:2 * h])
+        x = jnp.concatenate([head, x[2 * h:]]) if x.shape[0] % 2 else head
+    return x[0]
+
+
+def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: int, chunk: int):
+    """One pass over the children (pool rows ``n:``) in blocks, each block against the whole pool.
+
+    Per child: its ``width`` nearest in the pool (screened by matmul, refined exactly), and up to
+    ``rev`` container rows whose list it enters (matmul distance < the row's bound ``thr`` + rounding
+    margin; those pairs refined exactly and kept if < bound). Children in more rows (hubs: in high
+    dimension a few points are near very many) get up to ``8 rev`` (the first ``c/8`` of a block of
+    c children); the rows beyond what a child got have their bound lowered to a lower estimate of
+    the distance (matmul distance minus the rounding margin).
+    Returns own (B, L) d2 / idx, the pairs (flat rows, d2 (+inf: no pair), children's pool indices),
+    and the lowered bounds (N,).
+    """
+    p = pool.shape[0]
+    b = p - n
+    c = int(max(1, min(chunk, b)))
+    n_blocks = -(-b // c)
+    kk = min(width, p)
+    m = novelty.screen_width(kk, p)
+    ids_all = jnp.pad(jnp.arange(n, p, dtype=jnp.int32), (0, n_blocks * c - b), constant_values=-1)
+    cols = jnp.arange(p)
+    rev2 = int(min(n, 8 * rev))
+    hubs = int(max(1, min(c, max(8, c // 8))))
+
+    def block(low, ids):
+        rows = pool[jnp.maximum(ids, 0)]
+        rows_sq = pool_sq[jnp.maximum(ids, 0)]
+        row_ok = (ids >= 0) & ok[jnp.maximum(ids, 0)]
+        cross = jnp.matmul(rows, pool.T, precision=jax.lax.Precision.HIGHEST)
+        d2 = jnp.maximum(rows_sq[:, None] + pool_sq[None, :] - 2.0 * cross, 0.0)
+        # the child's own nearest (as novelty.block_knn)
+        is_self = cols[None, :] == ids[:, None]
+        cand_score, cand = novelty.top_k_rows(jnp.where(is_self | ~ok[None, :], -jnp.inf, -d2), m)
+        exact = novelty.exact_sq_dist(rows[:, None, :], pool[cand])
+        neg, pos = jax.lax.top_k(jnp.where(jnp.isfinite(cand_score), -exact, -jnp.inf), kk)
+        own_d2 = -neg
+        own_idx = jnp.where(jnp.isfinite(own_d2), jnp.take_along_axis(cand, pos, axis=-1), -1)
+        # container rows whose list the child enters
+        dc = d2[:, :n]
+        tol = _tol(rows_sq[:, None], pool_sq[None, :n])
+        margin = jnp.where(row_ok[:, None] & ok[None, :n], thr[None, :] + tol - dc, -jnp.inf)
+        # materialised once: without the barrier XLA:CPU refuses these into each consumer (several x slower)
+        margin, dc, tol = jax.lax.optimization_barrier((margin, dc, tol))
+        mv, mi = novelty.top_k_rows(margin, rev)
+        pair_exact = novelty.exact_sq_dist(rows[:, None, :], pool[mi])
+        pair_d2 = jnp.where((mv > 0) & (pair_exact < thr[mi]), pair_exact, jnp.inf)
+        out = (own_d2, own_idx, mi, pair_d2)
+        if rev >= n:
+            return low, (out, ())
+        # children in more rows than ``rev`` (hubs): the first ``hubs`` of the block get ``rev2``
+        last = jnp.min(mv, axis=-1)  # mv[:, -1]; a slice of top_k's values makes XLA:CPU sort the whole row
+        over = last > 0
+        hsel = jnp.nonzero(over, size=hubs, fill_value=c)[0]
+        hrow = jnp.minimum(hsel, c - 1)
+        hmask = hsel < c
+        mv2, mi2 = novelty.top_k_rows(jnp.where(hmask[:, None], margin[hrow], -jnp.inf), rev2)
+        last2 = jnp.min(mv2, axis=-1)
+        fresh = jnp.arange(rev2) >= rev  # the first rev are the ones the child already got (same order)
+        ex2 = novelty.exact_sq_dist(rows[hrow][:, None, :], pool[mi2])
+        d2_2 = jnp.where(fresh & hmask[:, None] & (mv2 > 0) & (ex2 < thr[mi2]), ex2, jnp.inf)
+        tier2 = (mi2, d2_2, jnp.where(hmask, ids[hrow], -1))
+        # rows a child did not get (margin <= its last taken margin) get a lower bound
+        cut = jnp.where(over, last, -jnp.inf)
+        cut = cut.at[hsel].set(jnp.where(last2 > 0, last2, -jnp.inf), mode="drop")
+
+        def lower(low):
+            hit = (margin > 0) & (margin <= cut[:, None])
+            return jnp.minimum(low, _min_rows(jnp.where(hit, dc - tol, jnp.inf)))
+
+        low = jax.lax.cond(jnp.any(cut > -jnp.inf), lower, lambda x: x, low)
+        return low, (out, tier2)
+
+    low, (outs, tier2) = jax.lax.scan(block, jnp.full((n,), jnp.inf, jnp.float32), ids_all.reshape(n_blocks, c))
+    own_d2, own_idx, pair_rows, pair_d2 = (o.reshape(n_blocks * c, *o.shape[2:])[:b] for o in outs)
+    pair_child = jnp.broadcast_to(jnp.arange(n, p, dtype=jnp.int32)[:, None], pair_rows.shape)
+    pairs = (pair_rows.ravel(), pair_d2.ravel(), pair_child.ravel())
+    if tier2:
+        mi2, d2_2, child2 = tier2
+        child2 = jnp.broadcast_to(child2[..., None], mi2.shape)
+        pairs = tuple(jnp.concatenate([a, t.ravel()]) for a, t in zip(pairs, (mi2, d2_2, child2)))
+    return _pad_to(own_d2, own_idx, width) + (pairs, low)
+
+
+def _slots(pairs, n: int, w: int):
+    """Each container row's new entries from the pairs ``(row, d2, child)`` (flat; d2 +inf: no pair),
+    ascending (N, w) d2 / pool idx, and the first pair that did not fit (N,) (+inf if none)."""
+    rows, d2, child = pairs
+    rows = jnp.where(jnp.isfinite(d2), rows, n)
+    rows, d2, child = jax.lax.sort((rows, d2, child), num_keys=3)
+    pos = jnp.arange(rows.shape[0])
+    start = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.array([True]), rows[1:] != rows[:-1]]), pos, 0))
+    rank = pos - start
+    slot_d2 = jnp.full((n + 1, w), jnp.inf, jnp.float32).at[rows, rank].set(d2, mode="drop")
+    slot_idx = jnp.full((n + 1, w), -1, jnp.int32).at[rows, rank].set(child, mode="drop")
+    first_out = jnp.full((n + 1,), jnp.inf, jnp.float32).at[jnp.where(rank == w, rows, n)].min(d2)
+    return slot_d2[:n], slot_idx[:n], first_out[:n]
+
+
+def _recompute(need, d2, idx, bound, rows_emb, row_ids, pool, pool_sq, ok, width: int, block_rows: int):
+    """Rows ``need`` (R,) of the lists recomputed exactly against ``pool``, ``block_rows`` at a time."""
+    r_total = need.shape[0]
+    count = jnp.sum(need, dtype=jnp.int32)
+    r = int(max(1, min(r_total, block_rows)))
+    n_blocks = -(-r_total // r)
+    order = jnp.nonzero(need, size=n_blocks * r, fill_value=r_total)[0].astype(jnp.int32)
+    kk = min(width, pool.shape[0])
+    block = functools.partial(novelty.block_knn, pool=pool, pool_sq=pool_sq, valid=ok, k=kk, rule="nearest")
+
+    def body(carry):
+        i, d2, idx, bound = carry
+        sel = jax.lax.dynamic_slice(order, (i * r,), (r,))
+        safe = jnp.minimum(sel, r_total - 1)
+        bd2, bidx = _pad_to(*block(rows_emb[safe], row_ids[safe]), width)
+        return (i + 1, d2.at[sel].set(bd2, mode="drop"), idx.at[sel].set(bidx, mode="drop"),
+                bound.at[sel].set(jnp.max(bd2, axis=-1), mode="drop"))  # the last entry (see _last)
+
+    _, d2, idx, bound = jax.lax.while_loop(lambda c: c[0] * r < count, body, (jnp.int32(0), d2, idx, bound))
+    return d2, idx, bound, count
+
+
+def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | None = None,
+             rev: int | None = None, slots: int | None = None):
     """Sparseness (``nearest`` rule) of the pool ``container (first n rows) + children``.
 
-    Returns ``(sparseness (P,), (d2 (P, L), idx (P, L) pool indices, bound (P,)))``: the same
-    sparseness as ``novelty.sparseness(pool_emb, k, "nearest")``, from O(B (N+B) D) work. In every
-    row the entries at squared distance <= bound are the row's nearest pool members; there are at
-    least k of them (or the row lists every valid member).
+    Returns ``(sparseness (P,), (d2 (P, L), idx (P, L) pool indices, bound (P,), rows recomputed))``:
+    the same sparseness as ``novelty.sparseness(pool_emb, k, "nearest")``, from O(B (N+B) D) work.
+    In every row the entries at squared distance <= bound are the row's nearest pool members; there
+    are at least k of them (or the row lists every valid member).
+
+    One pass over the children computes the B x (N+B) matmul distances once; from them each child
+    gets its own list, and each container row the children closer than its bound (its list's
+    reliable part): those few pairs are refined exactly and merged into the row's list without
+    sorting. ``rev`` / ``slots`` (None: :func:`reverse_width` / :func:`slot_width`) cap the pairs per
+    child and per row; beyond them bounds are lowered, and a row left with fewer than k reliable
+    entries is recomputed against the whole pool. The caps change the work, never the result.
     """
     pool, pool_sq, ok = novelty.prepare(pool_emb)
     p = pool.shape[0]
     b = p - n
     width = lists.d2.shape[1]
-    c = _chunk(chunk, p)
-    # 1. children vs the whole pool
-    ch_d2, ch_idx = _lists_of(pool[n:], jnp.arange(n, p, dtype=jnp.int32), pool, pool_sq, ok, width, c)
-    # 2. container vs children (no container row is a child: ids -1), merged with the stored lists
-    kc = min(width, b)
-    block = functools.partial(novelty.block_knn, pool=pool[n:], pool_sq=pool_sq[n:], valid=ok[n:], k=kc,
-                              rule="nearest")
-    new_d2, new_idx = novelty.rows_map(block, pool[:n], jnp.full((n,), -1, jnp.int32), c)
-    child_bound = new_d2[:, -1] if b > kc else jnp.full((n,), jnp.inf)  # children left out are >= this
-    new_idx = jnp.where(new_idx >= 0, new_idx + n, -1)
-    neg, pos = jax.lax.top_k(-jnp.concatenate([lists.d2, new_d2], axis=1), width)
-    co_idx = jnp.take_along_axis(jnp.concatenate([lists.idx, new_idx], axis=1), pos, axis=1)
-    d2 = jnp.concatenate([-neg, ch_d2])
+    rev = reverse_width(width, n) if rev is None else int(min(rev, n))
+    w = slot_width(width, n, b) if slots is None else int(max(1, min(slots, b)))
+    ch_d2, ch_idx, pairs, low = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev,
+                                                            _chunk(chunk, p))
+    slot_d2, slot_idx, slot_out = _slots(pairs, n, w)
+    co_d2, co_idx, dropped = merge_sorted(lists.d2, lists.idx, slot_d2, slot_idx, width)
+    # members not in a row's merged list: unknown to the stored list (>= its bound), children that
+    # were no pair (>= the bound), beyond a child's cap (>= low), beyond the row's slots (>= slot_out),
+    # or entries that fell off the end (>= dropped)
+    co_bound = jnp.minimum(jnp.minimum(lists.bound, low), jnp.minimum(slot_out, dropped))
+    reliable = jnp.sum(co_d2 <= co_bound[:, None], axis=1)
+    need = (reliable < k) & jnp.isfinite(co_bound) & ok[:n]
+    co_d2, co_idx, co_bound, count = _recompute(need, co_d2, co_idx, co_bound, pool[:n],
+                                                jnp.arange(n, dtype=jnp.int32), pool, pool_sq, ok, width,
+                                                _chunk(chunk, p) if chunk else RECOMPUTE_BLOCK)
+    d2 = jnp.concatenate([co_d2, ch_d2])
     idx = jnp.concatenate([co_idx, ch_idx])
-    # members not in a merged list: unknown to the stored list (>= its bound), children left out of the
-    # candidates (>= child_bound), or candidates that fell off the end (>= the last merged entry)
-    co_bound = jnp.minimum(jnp.minimum(lists.bound, child_bound), -neg[:, -1])
-    bound = jnp.concatenate([co_bound, ch_d2[:, -1]])
+    bound = jnp.concatenate([co_bound, _last(ch_d2)])
     sp = jnp.where(ok, novelty.mean_sqrt(d2[:, :k]), -jnp.inf)
-    return sp, (d2, idx, bound)
+    return sp, (d2, idx, bound, count)
 
 
 def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Array, survivors: jax.Array, k: int,
@@ -129,7 +309,8 @@ def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Arr
     it can rely on (squared distance <= bound) survived, or if its list holds every valid member;
     exactly the other rows are recomputed against the new container.
     """
-    pool_d2, pool_idx, pool_bound = pool_lists
+    pool_d2, pool_idx, pool_bound = pool_lists[:3]
+    earlier = pool_lists[3] if len(pool_lists) > 3 else jnp.int32(0)
     p, width = pool_d2.shape
     n = survivors.shape[0]
     new_pos = jnp.full((p,), -1, jnp.int32).at[survivors].set(jnp.arange(n, dtype=jnp.int32))
@@ -137,27 +318,15 @@ def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Arr
     idx = jnp.where(old >= 0, new_pos[jnp.maximum(old, 0)], -1)
     kept = idx >= 0
     reliable = jnp.sum(kept & (d2 <= bound[:, None]), axis=1)
-    order = jnp.argsort(~kept, axis=1, stable=True)  # kept entries first, still ascending
-    kept_s = jnp.take_along_axis(kept, order, axis=1)
-    d2 = jnp.where(kept_s, jnp.take_along_axis(d2, order, axis=1), jnp.inf)
-    idx = jnp.where(kept_s, jnp.take_along_axis(idx, order, axis=1), -1)
+    # kept entries first, still ascending: each entry's new position is a running count (no sort)
+    n_kept = jnp.sum(kept, axis=1, keepdims=True)
+    new_col = jnp.where(kept, jnp.cumsum(kept, axis=1) - 1, n_kept + jnp.cumsum(~kept, axis=1) - 1)
+    rows = jnp.arange(n)[:, None]
+    d2 = jnp.zeros_like(d2).at[rows, new_col].set(jnp.where(kept, d2, jnp.inf), unique_indices=True)
+    idx = jnp.zeros_like(idx).at[rows, new_col].set(jnp.where(kept, idx, -1), unique_indices=True)
     cont, cont_sq, ok = novelty.prepare(pool_emb[survivors])
     need = (reliable < k) & jnp.isfinite(bound) & ok
-    count = jnp.sum(need, dtype=jnp.int32)
-
-    r = int(min(n, chunk or RECOMPUTE_BLOCK))
-    n_blocks = -(-n // r)
-    rows_order = jnp.nonzero(need, size=n_blocks * r, fill_value=n)[0].astype(jnp.int32)
-    kk = min(width, n)
-    block = functools.partial(novelty.block_knn, pool=cont, pool_sq=cont_sq, valid=ok, k=kk, rule="nearest")
-
-    def body(carry):
-        i, d2, idx, bound = carry
-        rows = jax.lax.dynamic_slice(rows_order, (i * r,), (r,))
-        bd2, bidx = _pad_to(*block(cont[jnp.minimum(rows, n - 1)], rows), width)
-        return (i + 1, d2.at[rows].set(bd2, mode="drop"), idx.at[rows].set(bidx, mode="drop"),
-                bound.at[rows].set(bd2[:, -1], mode="drop"))
-
-    _, d2, idx, bound = jax.lax.while_loop(lambda c: c[0] * r < count, body, (jnp.int32(0), d2, idx, bound))
-    return KnnLists(d2=d2, idx=idx, bound=bound, recomputed=count)
+    d2, idx, bound, count = _recompute(need, d2, idx, bound, cont, jnp.arange(n, dtype=jnp.int32), cont, cont_sq, ok,
+                                       width, chunk or RECOMPUTE_BLOCK)
+    return KnnLists(d2=d2, idx=idx, bound=bound, recomputed=count + earlier)
 

@@ -41,8 +41,8 @@ def _initial(seed, kind):
     return e
 
 
-@functools.partial(jax.jit, static_argnames=("chunk", "width"))
-def _run_both(cont0, children, chunk, width):
+@functools.partial(jax.jit, static_argnames=("chunk", "width", "rev", "slots"))
+def _run_both(cont0, children, chunk, width, rev=None, slots=None):
     """Brute force and incremental side by side, each with its own container (they must not diverge)."""
     lists0 = knn_incremental.build(cont0, width, chunk)
 
@@ -52,7 +52,7 @@ def _run_both(cont0, children, chunk, width):
         sp_b = novelty.sparseness(pool_b, K, "nearest", chunk)
         surv_b = selection.most_sparse(sp_b, N)
         pool_i = jnp.concatenate([ci, ch])
-        sp_i, pool_lists = knn_incremental.pool_knn(lists, pool_i, N, K, chunk)
+        sp_i, pool_lists = knn_incremental.pool_knn(lists, pool_i, N, K, chunk, rev, slots)
         surv_i = selection.most_sparse(sp_i, N)
         lists = knn_incremental.update(pool_lists, pool_i, surv_i, K, chunk)
         fresh = knn_incremental.build(pool_i[surv_i], K, chunk)  # k nearest must equal a from-scratch build
@@ -83,6 +83,46 @@ def test_incremental_equals_brute_force_over_60_generations(kind, chunk, width):
     assert (out["recomputed"] < N).all()  # never a full rebuild
     if kind == "grid":  # ties are really there: equal sparseness values among the selected
         assert any(len(np.unique(s)) < len(s) for s in out["sp_b"][:, :N])
+
+
+@pytest.mark.parametrize("kind", ["grid", "continuous"])
+@pytest.mark.parametrize("rev,slots", [(2, 1), (1, 3), (5, 2)])
+def test_tiny_caps_change_work_not_results(kind, rev, slots):
+    """Caps on the pairs per child (rev) and per container row (slots) far below what a generation
+    brings: bounds are lowered and rows recomputed, and the results stay those of brute force."""
+    gens = 25
+    out = jax.device_get(_run_both(jnp.asarray(_initial(2, kind)), jnp.asarray(_children(3, gens, kind)), None,
+                                   2 * K, rev, slots))
+    np.testing.assert_array_equal(out["surv_i"], out["surv_b"])
+    np.testing.assert_array_equal(out["sp_i"], out["sp_b"])
+    np.testing.assert_array_equal(out["d2"], out["d2_fresh"])
+    assert out["recomputed"].sum() > 0
+
+
+def test_merge_sorted_hand_worked():
+    inf = np.inf
+    a_d = jnp.array([[1.0, 3.0, 5.0, inf], [2.0, 2.0, inf, inf]])
+    a_i = jnp.array([[10, 11, 12, -1], [20, 21, -1, -1]], jnp.int32)
+    e_d = jnp.array([[0.5, 3.0, inf], [2.0, 9.0, inf]])
+    e_i = jnp.array([[30, 31, -1], [40, 41, -1]], jnp.int32)
+    d2, idx, dropped = knn_incremental.merge_sorted(a_d, a_i, e_d, e_i, 4)
+    np.testing.assert_array_equal(d2, [[0.5, 1.0, 3.0, 3.0], [2.0, 2.0, 2.0, 9.0]])
+    np.testing.assert_array_equal(idx, [[30, 10, 11, 31], [20, 21, 40, 41]])  # ties: the stored list first
+    np.testing.assert_array_equal(dropped, [5.0, inf])
+
+
+@pytest.mark.parametrize("p,m", [(1000, 5), (5000, 38), (10007, 75), (777, 3), (200, 150)])
+def test_top_k_rows_is_lax_top_k(p, m):
+    """Grouped selection returns exactly lax.top_k's values and indices, ties and -inf included."""
+    rng = np.random.default_rng(p)
+    s = rng.integers(-20, 3, size=(40, p)).astype(np.float32)
+    s[s < -15] = -np.inf
+    s[3] = -np.inf  # a row with nothing but -inf
+    s[4, :] = 1.0  # a row of ties only
+    v, i = novelty.top_k_rows(jnp.asarray(s), m)
+    v0, i0 = jax.lax.top_k(jnp.asarray(s), m)
+    np.testing.assert_array_equal(v, v0)
+    np.testing.assert_array_equal(i, i0)
 
 
 def test_sparseness_is_bit_identical_across_chunk_sizes():
