@@ -187,7 +187,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         pair_d2 = jnp.where((mv > 0) & (pair_exact < thr[mi]), pair_exact, jnp.inf)
         out = (own_d2, own_idx, mi, pair_d2)
         if rev >= n:
-            return low, (out, ())
+            return low, (out + (jnp.full(ids.shape, -jnp.inf),), ())
         # children in more rows than ``rev`` (hubs): the first ``hubs`` of the block get ``rev2``
         last = jnp.min(mv, axis=-1)  # mv[:, -1]; a slice of top_k's values makes XLA:CPU sort the whole row
         over = last > 0
@@ -209,17 +209,17 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
             return jnp.minimum(low, _min_rows(jnp.where(hit, dc - tol, jnp.inf)))
 
         low = jax.lax.cond(jnp.any(cut > -jnp.inf), lower, lambda x: x, low)
-        return low, (out, tier2)
+        return low, (out + (cut,), tier2)
 
     low, (outs, tier2) = jax.lax.scan(block, jnp.full((n,), jnp.inf, jnp.float32), ids_all.reshape(n_blocks, c))
-    own_d2, own_idx, pair_rows, pair_d2 = (o.reshape(n_blocks * c, *o.shape[2:])[:b] for o in outs)
+    own_d2, own_idx, pair_rows, pair_d2, cut = (o.reshape(n_blocks * c, *o.shape[2:])[:b] for o in outs)
     pair_child = jnp.broadcast_to(jnp.arange(n, p, dtype=jnp.int32)[:, None], pair_rows.shape)
     pairs = (pair_rows.ravel(), pair_d2.ravel(), pair_child.ravel())
     if tier2:
         mi2, d2_2, child2 = tier2
         child2 = jnp.broadcast_to(child2[..., None], mi2.shape)
         pairs = tuple(jnp.concatenate([a, t.ravel()]) for a, t in zip(pairs, (mi2, d2_2, child2)))
-    return _pad_to(own_d2, own_idx, width) + (pairs, low)
+    return _pad_to(own_d2, own_idx, width) + (pairs, low, cut > -jnp.inf)
 
 
 def _slots(pairs, n: int, w: int):
@@ -281,16 +281,22 @@ def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | 
     width = lists.d2.shape[1]
     rev = reverse_width(width, n) if rev is None else int(min(rev, n))
     w = slot_width(width, n, b) if slots is None else int(max(1, min(slots, b)))
-    ch_d2, ch_idx, pairs, low = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev,
+    ch_d2, ch_idx, pairs, low, hub = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev,
                                                             _chunk(chunk, p))
     slot_d2, slot_idx, slot_out = _slots(pairs, n, w)
     co_d2, co_idx, dropped = merge_sorted(lists.d2, lists.idx, slot_d2, slot_idx, width)
     # members not in a row's merged list: unknown to the stored list (>= its bound), children that
     # were no pair (>= the bound), beyond a child's cap (>= low), beyond the row's slots (>= slot_out),
     # or entries that fell off the end (>= dropped)
-    co_bound = jnp.minimum(jnp.minimum(lists.bound, low), jnp.minimum(slot_out, dropped))
+    carry_bound = jnp.minimum(lists.bound, jnp.minimum(slot_out, dropped))  # all but the hubs' lowering
+    co_bound = jnp.minimum(carry_bound, low)
     reliable = jnp.sum(co_d2 <= co_bound[:, None], axis=1)
     need = (reliable < k) & jnp.isfinite(co_bound) & ok[:n]
+    # recomputed rows are exact in the whole pool; the others carry their bound without the hubs'
+    # lowering, which the update re-applies for the hubs that survive (most do not: hubs are the least
+    # sparse), so that a dead hub does not make a row's list look shorter than it is
+    co_bound = jnp.where(need, co_bound, carry_bound)
+    low = jnp.where(need, jnp.inf, low)
     co_d2, co_idx, co_bound, count = _recompute(need, co_d2, co_idx, co_bound, pool[:n],
                                                 jnp.arange(n, dtype=jnp.int32), pool, pool_sq, ok, width,
                                                 _chunk(chunk, p) if chunk else RECOMPUTE_BLOCK)
@@ -298,7 +304,49 @@ def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | 
     idx = jnp.concatenate([co_idx, ch_idx])
     bound = jnp.concatenate([co_bound, _last(ch_d2)])
     sp = jnp.where(ok, novelty.mean_sqrt(d2[:, :k]), -jnp.inf)
-    return sp, (d2, idx, bound, count)
+    return sp, (d2, idx, bound, count, hub, low, lists.bound)
+
+
+#: Surviving hubs whose rows are re-checked one by one in the update (more: the pool pass's bounds).
+HUB_CHECK = 16
+
+
+def _hub_bounds(hub_info, pool_emb, survivors, old_idx, bound):
+    """Bounds of the survivors' lists, lowered for the children that survived and were not given to
+    every container row whose bound they fell under (see :func:`_children_pass`).
+
+    Up to :data:`HUB_CHECK` such children: each row from the container whose list lacks the child
+    while its matmul distance minus the rounding margin is under the row's old bound gets that
+    lower estimate as its bound (a superset of the rows the pool pass lowered: safe whatever the
+    last bits of the matmul). More of them: the pool pass's lowered bounds are used as they are.
+    """
+    hub, low, thr = hub_info
+    p = pool_emb.shape[0]
+    n_old = thr.shape[0]
+    from_cont = survivors < n_old
+    surv_hub = (survivors >= n_old) & hub[jnp.clip(survivors - n_old, 0, hub.shape[0] - 1)]
+    many = jnp.sum(surv_hub) > HUB_CHECK
+
+    def all_low(bound):
+        return jnp.where(from_cont, jnp.minimum(bound, low[jnp.minimum(survivors, n_old - 1)]), bound)
+
+    def each(bound):
+        pool, pool_sq, _ = novelty.prepare(pool_emb)
+        h = jnp.nonzero(surv_hub, size=HUB_CHECK, fill_value=survivors.shape[0])[0]
+        hvalid = h < survivors.shape[0]
+        hp = survivors[jnp.minimum(h, survivors.shape[0] - 1)]  # the hubs' pool indices
+        rows = jnp.minimum(survivors, p - 1)
+        cross = jnp.matmul(pool[rows], pool[hp].T, precision=jax.lax.Precision.HIGHEST)
+        d2 = jnp.maximum(pool_sq[rows][:, None] + pool_sq[hp][None, :] - 2.0 * cross, 0.0)
+        est = d2 - _tol(pool_sq[rows][:, None], pool_sq[hp][None, :])
+        member = jnp.any(old_idx[:, :, None] == hp[None, None, :], axis=1)
+        old_thr = thr[jnp.minimum(survivors, n_old - 1)]
+        hit = hvalid[None, :] & from_cont[:, None] & ~member & (est < old_thr[:, None])
+        return jnp.minimum(bound, jnp.min(jnp.where(hit, est, jnp.inf), axis=1))
+
+    if HUB_CHECK < 1:
+        return all_low(bound)
+    return jax.lax.cond(many, all_low, lambda b: jax.lax.cond(jnp.any(surv_hub), each, lambda x: x, b), bound)
 
 
 def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Array, survivors: jax.Array, k: int,
@@ -315,6 +363,8 @@ def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Arr
     n = survivors.shape[0]
     new_pos = jnp.full((p,), -1, jnp.int32).at[survivors].set(jnp.arange(n, dtype=jnp.int32))
     d2, old, bound = pool_d2[survivors], pool_idx[survivors], pool_bound[survivors]
+    if len(pool_lists) > 4:
+        bound = _hub_bounds(pool_lists[4:], pool_emb, survivors, old, bound)
     idx = jnp.where(old >= 0, new_pos[jnp.maximum(old, 0)], -1)
     kept = idx >= 0
     reliable = jnp.sum(kept & (d2 <= bound[:, None]), axis=1)

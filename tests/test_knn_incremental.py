@@ -99,6 +99,17 @@ def test_tiny_caps_change_work_not_results(kind, rev, slots):
     assert out["recomputed"].sum() > 0
 
 
+def test_many_surviving_hubs_fall_back_to_the_pool_bounds(monkeypatch):
+    """More surviving hubs than the update re-checks one by one: the pool pass's lowered bounds are
+    used (the other branch of the update); still the results of brute force."""
+    monkeypatch.setattr(knn_incremental, "HUB_CHECK", 1)
+    out = jax.device_get(_run_both(jnp.asarray(_initial(4, "continuous")),
+                                   jnp.asarray(_children(5, 20, "continuous")), 5, 2 * K, 1, 1))
+    np.testing.assert_array_equal(out["surv_i"], out["surv_b"])
+    np.testing.assert_array_equal(out["sp_i"], out["sp_b"])
+    np.testing.assert_array_equal(out["d2"], out["d2_fresh"])
+
+
 def test_merge_sorted_hand_worked():
     inf = np.inf
     a_d = jnp.array([[1.0, 3.0, 5.0, inf], [2.0, 2.0, inf, inf]])
