@@ -8,7 +8,9 @@ is its own):
   container + children + archive), ``select`` — and the whole ``step`` (the very function
   ``lvns run`` runs, any emitter/scorer/archive): median seconds over ``repeats`` calls after a warm-up
   call, compile time (first call minus the median), individuals per second (children evaluated
-  per second, the work a generation adds), and the process' peak resident memory;
+  per second, the work a generation adds), and the process' peak resident memory; the JSON also
+  has each stage's median process CPU seconds (``cpu_s``, all threads: on a CPU shared with other
+  jobs, ``cpu_s / cores`` is closer to the undisturbed wall time than ``seconds``);
 * the floating-point work of each stage (XLA's ``compiled.cost_analysis()["flops"]``) and the
   achieved GFLOP/s (flops / median seconds). XLA counts a loop body ONCE whatever its trip count,
   so the chunked stages (``decode``, ``embed``: a ``lax.map`` over ``ceil(B / chunk_size)``
@@ -48,19 +50,20 @@ SIZES = {
 STAGES = ("breed", "decode", "embed", "sparseness", "select", "step")
 
 
-def _time(fn: Callable, *args, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median of ``repeats`` later calls)."""
+def _time(fn: Callable, *args, repeats: int) -> tuple[float, float, float]:
+    """(first call seconds, median of ``repeats`` later calls, their median process CPU seconds)."""
     import jax
 
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return first, statistics.median(times), statistics.median(cpu)
 
 
 def flops_of(fn: Callable, *args) -> float | None:
@@ -143,8 +146,8 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
                            "device": str(jax.devices()[0]), "device_count": jax.device_count(),
                            "load_s": load_s, "stages": {}}
 
-    def record(name, first, med):
-        out["stages"][name] = {"seconds": med, "compile_s": max(first - med, 0.0)}
+    def record(name, first, med, cpu=None):
+        out["stages"][name] = {"seconds": med, "compile_s": max(first - med, 0.0), "cpu_s": cpu}
 
     def record_flops(name, flops):
         st = out["stages"][name]
@@ -181,14 +184,15 @@ def measure(cfg, repeats: int = 3) -> dict[str, Any]:
     s1, _ = search.step(eng, state)
     jax.block_until_ready(s1)
     first = time.perf_counter() - first_s
-    times, s = [], s1
+    times, cpu, s = [], [], s1
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s, _ = search.step(eng, s)
         jax.block_until_ready(s)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
-    record("step", first, med)
+    record("step", first, med, statistics.median(cpu))
     for name, f in stage_flops.items():
         record_flops(name, f)
     record_flops("step", None if any(f is None for f in stage_flops.values()) else sum(stage_flops.values()))

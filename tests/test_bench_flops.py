@@ -44,5 +44,6 @@ def test_stage_flops_do_not_depend_on_the_chunking():
     assert st["step"]["gflop"] == pytest.approx(sum(st[s]["gflop"] for s in bench.STAGES[:-1]))
     for s in bench.STAGES:
         assert st[s]["gflops_per_s"] == pytest.approx(st[s]["gflop"] / st[s]["seconds"])
+        assert st[s]["cpu_s"] >= 0
     text = bench.table([{**r, "name": "x"}])
     assert "GFLOP/s" in text and "GFLOP/generation" in text
