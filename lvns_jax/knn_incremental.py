@@ -6,17 +6,24 @@ members (exact squared distances, ascending, and their container indices; L = ``
 default 2k, L = k is the plain algorithm) in the search state (:class:`KnnLists`), and per
 generation computes only
 
-1. children vs the whole pool (B x (N+B) distances): the children's k nearest, and
-2. container vs children (N x B): merged with each member's stored list, its k nearest in the pool
-   (the k nearest of ``container + children`` are among the k nearest of the container and the
-   children), so the pool's sparseness costs O(B (N+B) D);
+1. one pass over the children against the whole pool (B x (N+B) matmul distances, computed once):
+   each child's own L nearest, and the container rows whose list the child enters (closer than the
+   row's ``bound``, see 3). Those few pairs (about L per child) are refined exactly, grouped by
+   row (one sort of the pairs) and merged into the rows' sorted lists by rank (comparisons and one
+   scatter; no per-row sort or ``top_k`` over the container, which XLA:CPU does slowly row by row).
+   The k nearest of ``container + children`` are among a row's list and its new children, so the
+   pool's sparseness costs O(B (N+B) D). Caps on pairs per child (hubs: in high dimension a few
+   points are near very many rows; they get a second, wider pass) and per row keep shapes static;
+   beyond them a row's bound is lowered, and a row left with fewer than k reliable entries is
+   recomputed against the whole pool, so the caps change the work, never the result;
 3. after selection, a survivor keeps its list minus the members that were dropped (remapped to the
    new container's indices): the list held its nearest in the pool, a superset of the new
    container, so what remains are its nearest survivors. Each row carries a ``bound``: every member
    not in its list is at least that far, so the entries up to the bound are exact. A row is
    recomputed against the new container exactly when fewer than k such entries survived (with
    L = k: when its list lost a member), in blocks of rows inside a ``lax.while_loop``, so the cost
-   follows the number of such rows. The L - k spare entries make that rare.
+   follows the number of such rows. The L - k spare entries make that rare. (Compaction of the
+   kept entries is a running count and a scatter, not a sort.)
 
 Every distance in a list is the exact, shape-independent ``sum((a - b)**2)`` of
 :func:`lvns_jax.novelty.exact_sq_dist` (candidates are screened by matmul, then refined), the same
@@ -171,7 +178,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         d2 = jnp.maximum(rows_sq[:, None] + pool_sq[None, :] - 2.0 * cross, 0.0)
         # the child's own nearest (as novelty.block_knn)
         is_self = cols[None, :] == ids[:, None]
-        cand_score, cand = novelty.top_k_rows(jnp.where(is_self | ~ok[None, :], -jnp.inf, -d2), m)
+        cand_score, cand = jax.lax.top_k(jnp.where(is_self | ~ok[None, :], -jnp.inf, -d2), m)
         exact = novelty.exact_sq_dist(rows[:, None, :], pool[cand])
         neg, pos = jax.lax.top_k(jnp.where(jnp.isfinite(cand_score), -exact, -jnp.inf), kk)
         own_d2 = -neg
@@ -182,7 +189,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         margin = jnp.where(row_ok[:, None] & ok[None, :n], thr[None, :] + tol - dc, -jnp.inf)
         # materialised once: without the barrier XLA:CPU refuses these into each consumer (several x slower)
         margin, dc, tol = jax.lax.optimization_barrier((margin, dc, tol))
-        mv, mi = novelty.top_k_rows(margin, rev)
+        mv, mi = jax.lax.top_k(margin, rev)
         pair_exact = novelty.exact_sq_dist(rows[:, None, :], pool[mi])
         pair_d2 = jnp.where((mv > 0) & (pair_exact < thr[mi]), pair_exact, jnp.inf)
         out = (own_d2, own_idx, mi, pair_d2)
@@ -194,7 +201,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         hsel = jnp.nonzero(over, size=hubs, fill_value=c)[0]
         hrow = jnp.minimum(hsel, c - 1)
         hmask = hsel < c
-        mv2, mi2 = novelty.top_k_rows(jnp.where(hmask[:, None], margin[hrow], -jnp.inf), rev2)
+        mv2, mi2 = jax.lax.top_k(jnp.where(hmask[:, None], margin[hrow], -jnp.inf), rev2)
         last2 = jnp.min(mv2, axis=-1)
         fresh = jnp.arange(rev2) >= rev  # the first rev are the ones the child already got (same order)
         ex2 = novelty.exact_sq_dist(rows[hrow][:, None, :], pool[mi2])

@@ -76,34 +76,6 @@ def screen_width(k: int, columns: int) -> int:
     return int(min(columns, k + max(8, k // 4)))
 
 
-#: Columns per group in :func:`top_k_rows` (a group's maximum is one vector reduction).
-GROUP = 64
-
-
-def top_k_rows(scores: jax.Array, m: int, group: int = GROUP) -> tuple[jax.Array, jax.Array]:
-    """Exactly ``lax.top_k(scores, m)`` over the last axis (values, int32 indices; among equal values
-    the lower index first), computed from group maxima so that ``top_k`` sees ~``m * group`` columns
-    per row instead of all of them.
-
-    Why it is exact: the m best entries of a row lie in the m groups with the largest maxima (ties
-    to the lower group): any entry outside them is beaten by those m groups' maxima, each larger or
-    equal and at a lower column. Gathering those groups in column order keeps ``top_k``'s tie rule.
-    NaN scores count as -inf.
-    """
-    *lead, p = scores.shape
-    if m * group * 2 > p:  # too few groups to gain anything
-        return jax.lax.top_k(scores, m)
-    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
-    n_groups = -(-p // group)
-    padded = jnp.pad(scores, [(0, 0)] * len(lead) + [(0, n_groups * group - p)], constant_values=-jnp.inf)
-    gmax = jnp.max(padded.reshape(*lead, n_groups, group), axis=-1)
-    _, gi = jax.lax.top_k(gmax, m)
-    gi = jnp.sort(gi, axis=-1)
-    cols = (gi[..., :, None] * group + jnp.arange(group, dtype=gi.dtype)).reshape(*lead, m * group)
-    vals, pos = jax.lax.top_k(jnp.take_along_axis(padded, cols, axis=-1), m)
-    return vals, jnp.take_along_axis(cols, pos, axis=-1).astype(jnp.int32)
-
-
 def mean_sqrt(picked: jax.Array) -> jax.Array:
     """Mean of ``sqrt`` over the finite entries of sorted squared-distance lists (..., k)."""
     finite = jnp.isfinite(picked)
@@ -144,7 +116,7 @@ def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
     if approx > 0:
         cand_score, cand = jax.lax.approx_max_k(scores, m, recall_target=approx)
     else:
-        cand_score, cand = top_k_rows(scores, m)
+        cand_score, cand = jax.lax.top_k(scores, m)
     exact = exact_sq_dist(rows[:, None, :], pool[cand])
     ok = jnp.isfinite(cand_score)
     if rule == "nearest":

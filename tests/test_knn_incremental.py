@@ -122,20 +122,6 @@ def test_merge_sorted_hand_worked():
     np.testing.assert_array_equal(dropped, [5.0, inf])
 
 
-@pytest.mark.parametrize("p,m", [(1000, 5), (5000, 38), (10007, 75), (777, 3), (200, 150)])
-def test_top_k_rows_is_lax_top_k(p, m):
-    """Grouped selection returns exactly lax.top_k's values and indices, ties and -inf included."""
-    rng = np.random.default_rng(p)
-    s = rng.integers(-20, 3, size=(40, p)).astype(np.float32)
-    s[s < -15] = -np.inf
-    s[3] = -np.inf  # a row with nothing but -inf
-    s[4, :] = 1.0  # a row of ties only
-    v, i = novelty.top_k_rows(jnp.asarray(s), m)
-    v0, i0 = jax.lax.top_k(jnp.asarray(s), m)
-    np.testing.assert_array_equal(v, v0)
-    np.testing.assert_array_equal(i, i0)
-
-
 def test_sparseness_is_bit_identical_across_chunk_sizes():
     rng = np.random.default_rng(3)
     e = (rng.normal(size=(53, 16)) * 5).astype(np.float32)
