@@ -147,7 +147,8 @@ def _min_rows(x: jax.Array) -> jax.Array:
     return x[0]
 
 
-def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: int, chunk: int):
+def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: int, chunk: int,
+                   children: jax.Array | None = None):
     """One pass over the children (pool rows ``n:``) in blocks, each block against the whole pool.
 
     Per child: its ``width`` nearest in the pool (screened by matmul, refined exactly), and up to
@@ -156,16 +157,19 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
     dimension a few points are near very many) get up to ``8 rev`` (the first ``c/8`` of a block of
     c children); the rows beyond what a child got have their bound lowered to a lower estimate of
     the distance (matmul distance minus the rounding margin).
+    ``children``: the pool indices of the children to do (default all; a device does its share).
     Returns own (B, L) d2 / idx, the pairs (flat rows, d2 (+inf: no pair), children's pool indices),
-    and the lowered bounds (N,).
+    the lowered bounds (N,) and which children are hubs (B,).
     """
     p = pool.shape[0]
-    b = p - n
+    if children is None:
+        children = jnp.arange(n, p, dtype=jnp.int32)
+    b = children.shape[0]
     c = int(max(1, min(chunk, b)))
     n_blocks = -(-b // c)
     kk = min(width, p)
     m = novelty.screen_width(kk, p)
-    ids_all = jnp.pad(jnp.arange(n, p, dtype=jnp.int32), (0, n_blocks * c - b), constant_values=-1)
+    ids_all = jnp.pad(children, (0, n_blocks * c - b), constant_values=-1)
     cols = jnp.arange(p)
     rev2 = int(min(n, 8 * rev))
     hubs = int(max(1, min(c, max(8, c // 8))))
@@ -220,7 +224,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
 
     low, (outs, tier2) = jax.lax.scan(block, jnp.full((n,), jnp.inf, jnp.float32), ids_all.reshape(n_blocks, c))
     own_d2, own_idx, pair_rows, pair_d2, cut = (o.reshape(n_blocks * c, *o.shape[2:])[:b] for o in outs)
-    pair_child = jnp.broadcast_to(jnp.arange(n, p, dtype=jnp.int32)[:, None], pair_rows.shape)
+    pair_child = jnp.broadcast_to(children[:, None], pair_rows.shape)
     pairs = (pair_rows.ravel(), pair_d2.ravel(), pair_child.ravel())
     if tier2:
         mi2, d2_2, child2 = tier2
@@ -266,8 +270,29 @@ def _recompute(need, d2, idx, bound, rows_emb, row_ids, pool, pool_sq, ok, width
     return d2, idx, bound, count
 
 
+def _children_pass_sharded(mesh, pool, pool_sq, ok, n: int, thr, width: int, rev: int, chunk: int):
+    """:func:`_children_pass` with the children split over the mesh's devices: each device does its
+    share against the whole pool (held by every device, as the brute-force path does); per device
+    the traffic is its children's results, O(B/devices x (L + pairs)), and one pmin of the (N,)
+    lowered bounds."""
+    from jax.sharding import PartitionSpec as P
+
+    from lvns_jax.distributed import AXIS
+
+    p = pool.shape[0]
+
+    def body(children, pool, pool_sq, ok, thr):
+        own_d2, own_idx, pairs, low, hub = _children_pass(pool, pool_sq, ok, n, thr, width, rev, chunk, children)
+        return own_d2, own_idx, pairs, jax.lax.pmin(low, AXIS), hub
+
+    spec = P(AXIS)
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec, P(), P(), P(), P()),
+                         out_specs=(spec, spec, (spec, spec, spec), P(), spec), check_vma=False)(
+        jnp.arange(n, p, dtype=jnp.int32), pool, pool_sq, ok, thr)
+
+
 def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | None = None,
-             rev: int | None = None, slots: int | None = None):
+             rev: int | None = None, slots: int | None = None, mesh=None):
     """Sparseness (``nearest`` rule) of the pool ``container (first n rows) + children``.
 
     Returns ``(sparseness (P,), (d2 (P, L), idx (P, L) pool indices, bound (P,), rows recomputed))``:
@@ -281,6 +306,8 @@ def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | 
     sorting. ``rev`` / ``slots`` (None: :func:`reverse_width` / :func:`slot_width`) cap the pairs per
     child and per row; beyond them bounds are lowered, and a row left with fewer than k reliable
     entries is recomputed against the whole pool. The caps change the work, never the result.
+    ``mesh``: the children's pass is split over its devices (:func:`_children_pass_sharded`); the
+    merge into the container rows is elementwise per row and follows the rows' sharding.
     """
     pool, pool_sq, ok = novelty.prepare(pool_emb)
     p = pool.shape[0]
@@ -288,8 +315,11 @@ def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | 
     width = lists.d2.shape[1]
     rev = reverse_width(width, n) if rev is None else int(min(rev, n))
     w = slot_width(width, n, b) if slots is None else int(max(1, min(slots, b)))
-    ch_d2, ch_idx, pairs, low, hub = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev,
-                                                            _chunk(chunk, p))
+    if mesh is None or mesh.size == 1 or b % mesh.size:
+        ch_d2, ch_idx, pairs, low, hub = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev, _chunk(chunk, p))
+    else:
+        ch_d2, ch_idx, pairs, low, hub = _children_pass_sharded(mesh, pool, pool_sq, ok, n, lists.bound, width, rev,
+                                                                _chunk(chunk, p))
     slot_d2, slot_idx, slot_out = _slots(pairs, n, w)
     co_d2, co_idx, dropped = merge_sorted(lists.d2, lists.idx, slot_d2, slot_idx, width)
     # members not in a row's merged list: unknown to the stored list (>= its bound), children that

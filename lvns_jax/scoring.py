@@ -14,8 +14,8 @@ in the archive, told by identity). Every distance is the exact, shape-independen
 the scorer (brute and incremental agree to the last bit).
 
 * ``brute``: all pool distances each generation (:mod:`lvns_jax.novelty`), rows split over devices;
-* ``incremental``: stored neighbour lists, children vs pool only (:mod:`lvns_jax.knn_incremental`);
-  ``nearest`` rule only, cached container embeddings only.
+* ``incremental``: stored neighbour lists, children vs pool only (:mod:`lvns_jax.knn_incremental`),
+  children split over devices; ``nearest`` rule only, cached container embeddings only.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Incremental:
     def score(self, derived, cont_emb, child_emb, archive, pool_ids, mesh):
         pool_emb = jnp.concatenate([cont_emb, child_emb])
         n = cont_emb.shape[0]
-        _, aux = knn_incremental.pool_knn(derived, pool_emb, n, self.k, self.chunk)
+        _, aux = knn_incremental.pool_knn(derived, pool_emb, n, self.k, self.chunk, mesh=mesh)
         ok = novelty.prepare(pool_emb)[2]
         return _with_archive(aux[0][:, :self.k], ok, pool_emb, *pool_ids, archive, self.k, self.rule, self.chunk), aux
 
