@@ -133,13 +133,13 @@ def merge_sorted(a_d2, a_idx, e_d2, e_idx, width: int):
 
 def _last(d2: jax.Array) -> jax.Array:
     """The last entry of ascending lists, as a reduction: XLA:CPU turns ``top_k(...)[0][:, -1]`` into
-    a full sort of the row (40x slower than top_k)."""
+    a full sort of the row (20x slower than top_k, measured at 1,000 x 10,000, k 240)."""
     return jnp.max(d2, axis=-1)
 
 
 def _min_rows(x: jax.Array) -> jax.Array:
     """``min(x, axis=0)`` of a (c, n) array by halving: contiguous elementwise minima (XLA:CPU's
-    column reduction walks memory with stride n and is an order of magnitude slower)."""
+    column reduction walks memory with stride n: 3-4x slower, measured at 1,000 x 10,000)."""
     while x.shape[0] > 1:
         h = x.shape[0] // 2
         head = jnp.minimum(x[:h], x[h:2 * h])
