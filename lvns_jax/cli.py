@@ -140,9 +140,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise plan.PlanError(plan.NO_LIBTPU)
     from lvns_jax.assemble import check
 
+    auto = args.chunk_size == "auto"
+    if args.chunk_size is not None and not auto:
+        if not args.chunk_size.isdigit() or int(args.chunk_size) < 1:
+            raise LvnsError(f"--chunk-size: expected auto or a positive integer, got {args.chunk_size!r}")
+        items.append(f"chunk_size={int(args.chunk_size)}")
+    hbm = plan.parse_bytes(args.hbm_limit) if args.hbm_limit else None
     cfg = check(config_lib.load(path, items))
-    results = [plan.plan(cfg, topo, block=args.block, stop_check=args.stop_check)
-               for topo in args.topology.split(",") if topo]
+    if auto:
+        results = [plan.plan_auto_chunk(cfg, topo, block=args.block, stop_check=args.stop_check, hbm_bytes=hbm,
+                                        margin=args.margin)
+                   for topo in args.topology.split(",") if topo]
+    else:
+        results = [plan.plan(cfg, topo, block=args.block, stop_check=args.stop_check, hbm_bytes=hbm)
+                   for topo in args.topology.split(",") if topo]
     for res in results:
         print(plan.table(res))
     if args.json:
@@ -260,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--stop-check", action="store_true",
                     help="with --block: include the per-generation host stop check (io_callback) that a "
                          "one-process `lvns run` compiles in")
+    pn.add_argument("--chunk-size", default=None, metavar="auto|N",
+                    help="decode/embed chunk size: N (like chunk_size=N), or auto: the largest of breed/devices "
+                         "halved until the compiled per-device memory fits in --margin of the chip's HBM")
+    pn.add_argument("--hbm-limit", default=None, metavar="BYTES",
+                    help="per-device memory to plan against instead of the chip's HBM (e.g. 8GiB, 512MiB)")
+    pn.add_argument("--margin", type=float, default=0.9,
+                    help="--chunk-size auto: fraction of the HBM the compiled program may use (default 0.9)")
     pn.add_argument("--json", default=None, metavar="OUT.json", help="also write the full result as JSON")
     pn.set_defaults(func=_cmd_plan)
     return p

@@ -36,6 +36,30 @@ from lvns_jax.errors import LvnsError
 HBM_GIB = {"TPU v5 lite": 16, "TPU v4": 32, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU v3": 16,
            "TPU v2": 8, "TPU v4 lite": 8}
 
+#: Public per-chip peak figures by ``device_kind``, for the roofline estimate (:func:`roofline`):
+#: dense bf16 matmul FLOP/s, HBM bytes/s, HBM bytes; GPUs also float32 without tensor cores
+#: (``fp32``) and TF32 tensor cores (``tf32``, dense). Sources (vendor spec pages, 2026):
+#: v5e, v5p, v6e, v4: Google Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/v5e,
+#: /v5p, /v6e, /v4: "Peak compute per chip (bf16)", "HBM bandwidth", "HBM capacity");
+#: H100 SXM, H200 SXM: NVIDIA datasheets (BF16 tensor core 1979 TFLOP/s *with sparsity* = 989 dense;
+#: FP32 67 TFLOP/s; TF32 989 with sparsity = 494 dense; HBM3 3.35 TB/s, 80 GB; H200: HBM3e 4.8 TB/s,
+#: 141 GB). These are peaks: real programs reach a fraction of them.
+PEAKS = {
+    "TPU v5 lite": {"chip": "TPU v5e", "bf16": 197e12, "hbm_bw": 819e9, "hbm": 16 * 2**30},
+    "TPU v5": {"chip": "TPU v5p", "bf16": 459e12, "hbm_bw": 2765e9, "hbm": 95 * 2**30},
+    "TPU v5p": {"chip": "TPU v5p", "bf16": 459e12, "hbm_bw": 2765e9, "hbm": 95 * 2**30},
+    "TPU v6 lite": {"chip": "TPU v6e", "bf16": 918e12, "hbm_bw": 1640e9, "hbm": 32 * 2**30},
+    "TPU v4": {"chip": "TPU v4", "bf16": 275e12, "hbm_bw": 1200e9, "hbm": 32 * 2**30},
+    "NVIDIA H100 80GB HBM3": {"chip": "H100 SXM", "bf16": 989e12, "fp32": 67e12, "tf32": 494e12,
+                              "hbm_bw": 3350e9, "hbm": 80 * 10**9},
+    "NVIDIA H200": {"chip": "H200 SXM", "bf16": 989e12, "fp32": 67e12, "tf32": 494e12,
+                    "hbm_bw": 4800e9, "hbm": 141 * 10**9},
+}
+
+#: float32 matmuls at ``lax.Precision.HIGHEST`` (``precision = float32``) on a TPU's MXU are
+#: emulated with 6 bf16 passes (bf16x6): about 1/6 of the bf16 peak.
+TPU_F32_HIGHEST_PASSES = 6
+
 NO_LIBTPU = ("lvns plan needs libtpu (XLA's TPU compiler; no TPU needed): "
              "pip install -e '.[tpu]'  (or: pip install 'jax[tpu]==<your jax version>')")
 
@@ -211,7 +235,97 @@ def _cost(compiled) -> dict[str, float] | None:
     return out
 
 
-def plan(cfg, topology: str, block: int = 0, stop_check: bool = False) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- per generation, roofline
+def peak_flops(kind: str, precision: str) -> tuple[float, str] | None:
+    """(FLOP/s, how it was taken) of a ``device_kind``'s matmul peak for the config's ``precision``
+    (float32 | bfloat16 | default); None for a kind not in :data:`PEAKS`."""
+    p = PEAKS.get(kind)
+    if p is None:
+        return None
+    if kind.startswith("TPU"):
+        if precision == "float32":
+            n = TPU_F32_HIGHEST_PASSES
+            return p["bf16"] / n, f"float32 at HIGHEST: bf16x{n} passes, 1/{n} of {p['bf16'] / 1e12:.0f} TFLOP/s bf16"
+        return p["bf16"], (f"bf16 peak ({'default precision: one bf16 pass' if precision == 'default' else 'bfloat16'})")
+    if precision == "float32":
+        return p["fp32"], "float32 at HIGHEST: FP32 without tensor cores"
+    if precision == "default":
+        return p["tf32"], "default precision: TF32 tensor cores (dense)"
+    return p["bf16"], "bf16 tensor cores (dense)"
+
+
+def roofline(flops: float | None, bytes_accessed: float | None, kind: str, precision: str,
+             individuals: int) -> dict[str, Any] | None:
+    """Seconds per generation = max(flops / peak FLOP/s, bytes / HBM bytes/s) of one device (each
+    device does its share of the generation at once), and ``individuals`` (the children a
+    generation evaluates) per second. A lower bound on the time: every flop is taken at the matmul
+    peak (elementwise work, FFTs, sorts and collectives are slower or not counted) and every byte at
+    the HBM peak."""
+    pk = peak_flops(kind, precision)
+    if pk is None or flops is None or bytes_accessed is None:
+        return None
+    pf, how = pk
+    bw = PEAKS[kind]["hbm_bw"]
+    compute_s, memory_s = flops / pf, bytes_accessed / bw
+    t = max(compute_s, memory_s)
+    return {"chip": PEAKS[kind]["chip"], "precision": precision, "peak_flops_per_s": pf, "peak_flops_note": how,
+            "hbm_bytes_per_s": bw, "compute_s": compute_s, "memory_s": memory_s, "seconds_per_generation": t,
+            "bound": "compute" if compute_s >= memory_s else "memory",
+            "individuals_per_s": individuals / t if t > 0 else None}
+
+
+def chunk_maps(cfg, mesh_devices: int) -> list[dict[str, int]]:
+    """The step's chunked decode+embed maps (:func:`lvns_jax.individuals.evaluate`): per device,
+    ``individuals``, ``chunks`` (the ``lax.map`` trip count) and ``chunk`` (individuals per chunk):
+    the children, and the container when ``reevaluate_container``."""
+    from lvns_jax import individuals
+
+    maps = [("children", cfg.breed_size)] + ([("container", cfg.container_size)] if cfg.reevaluate_container else [])
+    out = []
+    for name, b in maps:
+        local = b // mesh_devices
+        n = individuals.num_chunks(local, cfg.chunk_size)
+        out.append({"map": name, "individuals": local, "chunks": n, "chunk": -(-local // n)})
+    return out
+
+
+def chunk_cost(search, abs_search, device, chunk: int) -> dict[str, Any]:
+    """XLA's cost of one chunk's decode+embed (:func:`lvns_jax.individuals.evaluate_chunk` on
+    ``chunk`` individuals), compiled on its own for one ``device`` (compile-only devices work)."""
+    import jax
+    from jax.sharding import SingleDeviceSharding
+
+    from lvns_jax import individuals
+
+    one = SingleDeviceSharding(device)
+    models = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abs_search.models)
+    c, t = search.latent_shape
+    z = jax.ShapeDtypeStruct((chunk, c, t), jax.numpy.float32, sharding=one)
+    k = jax.eval_shape(lambda: individuals.stream(jax.random.split(jax.random.key(0), chunk), individuals.NOISE))
+    keys = jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=one)
+    t0 = time.perf_counter()
+    compiled = jax.jit(individuals.evaluate_chunk).lower(models, z, keys).compile()
+    return {**(_cost(compiled) or {}), "compile_s": time.perf_counter() - t0}
+
+
+def per_generation(cost: dict[str, Any] | None, maps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Flops and bytes of one generation on one device: the compiled program's (each loop body
+    counted once) plus ``chunks - 1`` more of each chunked map's one-chunk cost (``maps`` entries
+    carrying ``flops`` / ``bytes_accessed`` where ``chunks > 1``)."""
+    if not cost or cost.get("flops") is None or cost.get("bytes_accessed") is None:
+        return None
+    flops, nbytes = cost["flops"], cost["bytes_accessed"]
+    for m in maps:
+        if m["chunks"] > 1:
+            if m.get("flops") is None or m.get("bytes_accessed") is None:
+                return None
+            flops += (m["chunks"] - 1) * m["flops"]
+            nbytes += (m["chunks"] - 1) * m["bytes_accessed"]
+    return {"flops": flops, "bytes_accessed": nbytes}
+
+
+def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=None,
+         hbm_bytes: int | None = None) -> dict[str, Any]:
     """Compile one generation of ``cfg``'s search (``block > 0``: a ``run_block`` of that many
     generations; ``stop_check``: with the host stop check a one-process ``lvns run`` compiles in, an
     ``io_callback`` per generation) for a TPU ``topology``; a JSON-able dict (``ok`` False and ``error``
@@ -225,7 +339,8 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False) -> dict[s
         raise PlanError("--stop-check needs --block G (the stop check is inside run_block)")
     devices = topology_devices(topology)
     t0 = time.perf_counter()
-    search = assemble(cfg, devices=devices)
+    if search is None:
+        search = assemble(cfg, devices=devices)
     build_s = time.perf_counter() - t0
     kind = devices[0].device_kind
     mesh_devices = 1 if search.mesh is None else search.mesh.size
@@ -237,7 +352,7 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False) -> dict[s
                    "chunk_size": cfg.chunk_size, "knn": cfg.knn, "archive": cfg.archive,
                    "emitter": type(search.emitter).__name__, "reevaluate_container": cfg.reevaluate_container},
         "models": list(search.models.description), "jax": jax.__version__, "libtpu": _libtpu_version(),
-        "hbm_per_device_bytes": HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None,
+        "hbm_per_device_bytes": hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None),
         "build_s": build_s, "ok": False, "error": None,
     }
     abs_search, abs_state = abstract_args(search, devices)
@@ -270,14 +385,95 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False) -> dict[s
     out["cost"] = _cost(compiled)
     out["hlo"] = scan_hlo(compiled.as_text())
     out["warnings"] = list(out["hlo"].pop("warnings"))
+    # per generation: XLA counts the chunk loop's body once; one chunk is costed alone and multiplied
+    maps = chunk_maps(cfg, mesh_devices)
+    costed: dict[int, dict[str, Any]] = {}
+    for m in maps:
+        if m["chunks"] > 1:
+            if m["chunk"] not in costed:
+                try:
+                    costed[m["chunk"]] = chunk_cost(search, abs_search, devices[0], m["chunk"])
+                except Exception as e:  # noqa: BLE001 - an estimate, never fatal
+                    costed[m["chunk"]] = {"error": _first_line(e)}
+            m.update({k: v for k, v in costed[m["chunk"]].items() if k in ("flops", "bytes_accessed", "compile_s", "error")})
+    gen = per_generation(out["cost"], maps)
+    loops_corrected = sum(1 for m in maps if m["chunks"] > 1)
+    out["per_generation"] = None if gen is None else {
+        **gen, "maps": maps, "method": "compiled program + (chunks - 1) x one chunk compiled alone",
+        "other_while_loops": max(out["hlo"]["while_loops"] - loops_corrected - (1 if block else 0), 0)}
+    out["roofline"] = None if gen is None else roofline(gen["flops"], gen["bytes_accessed"], kind, cfg.precision,
+                                                         cfg.breed_size)
+    if out["per_generation"] and out["per_generation"]["other_while_loops"]:
+        out["warnings"].append(f"{out['per_generation']['other_while_loops']} while loop(s) besides the decode/embed "
+                               "chunk map (kNN blocks, emitter steps, ...) are counted once in the per-generation "
+                               "flops/bytes: an underestimate")
     mem, hbm = out["memory"], out["hbm_per_device_bytes"]
     if mem and hbm and mem["peak_estimate_bytes"] > 0.9 * hbm:
-        out["warnings"].insert(0, f"per-device memory {mem['peak_estimate_bytes'] / 2**30:.1f} GiB is over 90% "
-                                  f"of the {hbm / 2**30:.0f} GiB HBM of a {kind}")
+        out["warnings"].insert(0, f"per-device memory {_bytes(mem['peak_estimate_bytes'])} is over 90% "
+                                  f"of the {_bytes(hbm)} HBM{'' if hbm_bytes else ' of a ' + kind}")
     if mesh_devices < len(devices):
         out["warnings"].append(f"the population is split over {mesh_devices} of the topology's {len(devices)} "
                                f"devices (devices must divide container_size and breed_size)")
     return out
+
+
+def chunk_candidates(cfg, mesh_devices: int) -> list[int]:
+    """``chunk_size`` values to try, largest first: the individuals per device of the largest
+    chunked map (breed, or the container when it is re-evaluated) divided by 1, 2, 4, ... down to 1
+    (each rounded up; only values giving a different chunking)."""
+    local = max(m["individuals"] for m in chunk_maps(cfg.replace(chunk_size=1), mesh_devices))
+    out, d = [], 1
+    while True:
+        c = max(1, -(-local // d))
+        if not out or c < out[-1]:
+            out.append(c)
+        if c == 1:
+            return out
+        d *= 2
+
+
+def plan_auto_chunk(cfg, topology: str, block: int = 0, stop_check: bool = False, hbm_bytes: int | None = None,
+                    margin: float = 0.9) -> dict[str, Any]:
+    """:func:`plan` with the largest ``chunk_size`` (of :func:`chunk_candidates`) whose compiled
+    per-device peak (arguments + outputs - aliased + temporaries + code) is at most ``margin`` x
+    ``hbm_bytes`` (default: the chip's HBM; injectable for tests). One compile per candidate tried,
+    largest first, until one fits; the result is that compile's, with ``chunk_auto`` (the limit,
+    every candidate tried and its peak, the choice: None if none fits, then the last result)."""
+    from lvns_jax.assemble import assemble
+
+    devices = topology_devices(topology)
+    search = assemble(cfg, devices=devices)
+    mesh_devices = 1 if search.mesh is None else search.mesh.size
+    kind = devices[0].device_kind
+    limit = hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None)
+    if limit is None:
+        raise PlanError(f"--chunk-size auto: no HBM size known for {kind!r}; give --hbm-limit")
+    tried, res = [], None
+    for c in chunk_candidates(cfg, mesh_devices):
+        res = plan(cfg.replace(chunk_size=c), topology, block, stop_check, search=search.replace(chunk_size=c),
+                   hbm_bytes=limit)
+        peak = (res.get("memory") or {}).get("peak_estimate_bytes") if res["ok"] else None
+        fits = peak is not None and peak <= margin * limit
+        tried.append({"chunk_size": c, "ok": res["ok"], "peak_estimate_bytes": peak, "fits": fits,
+                      "compile_s": res.get("compile_s")})
+        if fits:
+            break
+    chosen = tried[-1]["chunk_size"] if tried[-1]["fits"] else None
+    res["chunk_auto"] = {"hbm_bytes": limit, "margin": margin, "tried": tried, "chosen": chosen}
+    if chosen is None:
+        res.setdefault("warnings", []).insert(0, f"--chunk-size auto: no chunk_size fits in {margin:.0%} of "
+                                                 f"{_bytes(limit)} per device (smallest tried: {tried[-1]['chunk_size']})")
+    return res
+
+
+def parse_bytes(text: str) -> int:
+    """``"16GiB"``, ``"512MiB"``, ``"2e9"``, ``"80GB"`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]i?B|B)?\s*", text)
+    if not m:
+        raise PlanError(f"--hbm-limit: expected e.g. 16GiB, 512MiB, 80GB or bytes, got {text!r}")
+    unit = m.group(2) or "B"
+    scale = 1 if unit == "B" else (1024 if "i" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
+    return int(float(m.group(1)) * scale)
 
 
 def _libtpu_version() -> str | None:
@@ -299,6 +495,13 @@ def _bytes(n: float | None) -> str:
     return f"{int(n)} B"
 
 
+def _secs(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t * 1e9:.3g} ns"
+
+
 def table(res: dict[str, Any]) -> str:
     """A short human-readable summary of a :func:`plan` result."""
     c = res["config"]
@@ -316,12 +519,30 @@ def table(res: dict[str, Any]) -> str:
             ("aliased", m.get("alias_bytes")), ("temporaries", m.get("temp_bytes")),
             ("generated code", m.get("generated_code_bytes")), ("peak (estimate)", m.get("peak_estimate_bytes"))]
     for name, v in rows:
-        extra = f"   ({100 * v / hbm:.2f}% of {hbm / 2**30:.0f} GiB HBM)" if name.startswith("peak") and hbm and v else ""
+        extra = f"   ({100 * v / hbm:.2f}% of {_bytes(hbm)} HBM)" if name.startswith("peak") and hbm and v else ""
         lines.append(f"    {name:<16} {_bytes(v):>12}{extra}")
     flops = cost.get("flops")
     lines.append(f"    {'flops':<16} {flops:>12.3e}" if flops is not None else f"    {'flops':<16} {'-':>12}")
     lines.append(f"    {'bytes accessed':<16} {_bytes(cost.get('bytes_accessed')):>12}"
                  "   (loop bodies counted once)")
+    gen, roof = res.get("per_generation"), res.get("roofline")
+    if gen:
+        loops = [f"{m['map']} {m['chunks']} x {m['chunk']}" for m in gen["maps"]]
+        lines.append(f"  per generation (chunk maps, chunks x individuals: {', '.join(loops)}; loops > 1 counted back "
+                     f"in from one chunk compiled alone): flops {gen['flops']:.3e}, bytes {_bytes(gen['bytes_accessed'])}")
+    if roof:
+        lines.append(f"  roofline ({roof['chip']}, {roof['peak_flops_per_s'] / 1e12:.1f} TFLOP/s: {roof['peak_flops_note']}; "
+                     f"{roof['hbm_bytes_per_s'] / 1e9:.0f} GB/s HBM): compute {_secs(roof['compute_s'])}, memory "
+                     f"{_secs(roof['memory_s'])} -> >= {_secs(roof['seconds_per_generation'])} per generation "
+                     f"({roof['bound']} bound), <= {roof['individuals_per_s']:.4g} individuals/s")
+    elif gen:
+        lines.append(f"  roofline: no peak figures for {res['device_kind']!r} (lvns_jax.plan.PEAKS)")
+    if res.get("chunk_auto"):
+        a = res["chunk_auto"]
+        tried = ", ".join(f"{t['chunk_size']}: {_bytes(t['peak_estimate_bytes'])}{'' if t['fits'] else ' (too big)'}"
+                          for t in a["tried"])
+        lines.append(f"  chunk_size auto (limit {a['margin']:.0%} of {_bytes(a['hbm_bytes'])}): "
+                     f"{a['chosen'] if a['chosen'] is not None else 'none fits'} (tried {tried})")
     coll = ", ".join(f"{k} {v}" for k, v in h["collectives"].items()) or "none"
     lines.append(f"  HLO: {h['instructions']} instructions, {h['fusions']} fusions, {h['while_loops']} while loops, "
                  f"{h['sorts']} sorts; collectives: {coll}; f64 ops: {sum(h['f64_ops'].values())}; host callbacks: "

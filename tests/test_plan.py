@@ -124,3 +124,117 @@ def test_toy_block_with_stop_check_shows_the_host_callback():
 def test_unknown_topology_is_one_line():
     with pytest.raises(plan.PlanError, match="--topology 'v5e:3x7'"):
         plan.topology_devices("v5e:3x7")
+
+
+# ----------------------------------------------------------------------------- roofline, chunk_size auto
+def test_peak_flops_by_precision():
+    bf16 = plan.PEAKS["TPU v5 lite"]["bf16"]
+    assert plan.peak_flops("TPU v5 lite", "bfloat16")[0] == bf16 == 197e12
+    assert plan.peak_flops("TPU v5 lite", "default")[0] == bf16
+    f32, note = plan.peak_flops("TPU v5 lite", "float32")
+    assert f32 == bf16 / 6 and "bf16x6" in note
+    assert plan.peak_flops("NVIDIA H100 80GB HBM3", "float32")[0] == 67e12
+    assert plan.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == 989e12
+    assert plan.peak_flops("TPU v9000", "float32") is None
+    for kind, p in plan.PEAKS.items():
+        assert p["bf16"] > 0 and p["hbm_bw"] > 0 and p["hbm"] > 0, kind
+
+
+def test_roofline_takes_the_slower_bound():
+    # 197e12 / 6 FLOP/s and 819e9 B/s: 1e12 flops = 30.5 ms; 819e6 bytes = 1 ms -> compute bound
+    r = plan.roofline(1e12, 819e6, "TPU v5 lite", "float32", 100)
+    assert r["bound"] == "compute" and r["seconds_per_generation"] == pytest.approx(6 / 197)
+    assert r["memory_s"] == pytest.approx(1e-3) and r["individuals_per_s"] == pytest.approx(100 * 197 / 6)
+    r = plan.roofline(1e9, 819e9, "TPU v5 lite", "bfloat16", 10)
+    assert r["bound"] == "memory" and r["seconds_per_generation"] == pytest.approx(1.0)
+    assert plan.roofline(1e9, 1e9, "CPU", "float32", 10) is None
+
+
+def test_per_generation_multiplies_the_chunk_loop_back_in():
+    cfg = config_lib.load(None, TOY + ["chunk_size=3"])  # B=32 over 4 devices: 8 each, 3 chunks of 3
+    maps = plan.chunk_maps(cfg, 4)
+    assert maps == [{"map": "children", "individuals": 8, "chunks": 3, "chunk": 3}]
+    maps[0].update(flops=10.0, bytes_accessed=100.0)
+    assert plan.per_generation({"flops": 50.0, "bytes_accessed": 500.0}, maps) == {"flops": 70.0,
+                                                                                  "bytes_accessed": 700.0}
+    again = plan.chunk_maps(config_lib.load(None, TOY + ["reevaluate_container=true"]), 8)
+    assert [(m["map"], m["individuals"], m["chunks"]) for m in again] == [("children", 4, 1), ("container", 8, 1)]
+    assert plan.per_generation({"flops": 5.0, "bytes_accessed": 6.0}, again) == {"flops": 5.0, "bytes_accessed": 6.0}
+    assert plan.per_generation(None, maps) is None
+
+
+def test_chunk_candidates_and_bytes():
+    cfg = config_lib.load(None, TOY)
+    assert plan.chunk_candidates(cfg, 1) == [32, 16, 8, 4, 2, 1]
+    assert plan.chunk_candidates(cfg.replace(breed_size=30), 2) == [15, 8, 4, 2, 1]
+    assert plan.chunk_candidates(cfg.replace(reevaluate_container=True), 8) == [8, 4, 2, 1]
+    assert plan.parse_bytes("16GiB") == 16 * 2**30 and plan.parse_bytes("80GB") == 80 * 10**9
+    assert plan.parse_bytes("1.5MiB") == 3 * 2**19 and plan.parse_bytes("4096") == 4096
+    with pytest.raises(plan.PlanError, match="--hbm-limit"):
+        plan.parse_bytes("lots")
+
+
+def test_auto_chunk_takes_the_largest_that_fits(monkeypatch):
+    """The choice logic on fake compiles: peak = 1 MiB + 1 KiB per individual in a chunk."""
+    import lvns_jax.assemble as assemble_mod
+
+    class Dev:
+        device_kind = "TPU v5 lite"
+
+    class FakeSearch:
+        mesh = None
+
+        def replace(self, **kw):
+            return self
+
+    monkeypatch.setattr(plan, "topology_devices", lambda topo: [Dev()])
+    monkeypatch.setattr(assemble_mod, "assemble", lambda cfg, devices=None: FakeSearch())
+    seen = []
+
+    def fake_plan(cfg, topology, block=0, stop_check=False, search=None, hbm_bytes=None):
+        seen.append(cfg.chunk_size)
+        return {"ok": True, "memory": {"peak_estimate_bytes": 2**20 + 2**10 * cfg.chunk_size}, "warnings": []}
+
+    monkeypatch.setattr(plan, "plan", fake_plan)
+    cfg = config_lib.load(None, TOY)  # one device: 32 children
+    res = plan.plan_auto_chunk(cfg, "v5e:2x4", hbm_bytes=2**20 + 10 * 2**10, margin=1.0)
+    assert seen == [32, 16, 8] and res["chunk_auto"]["chosen"] == 8
+    assert [t["fits"] for t in res["chunk_auto"]["tried"]] == [False, False, True]
+    seen.clear()
+    res = plan.plan_auto_chunk(cfg, "v5e:2x4", hbm_bytes=2**19)
+    assert seen == [32, 16, 8, 4, 2, 1] and res["chunk_auto"]["chosen"] is None
+    assert "no chunk_size fits" in res["warnings"][0]
+    seen.clear()
+    assert plan.plan_auto_chunk(cfg, "v5e:2x4")["chunk_auto"]["chosen"] == 32 and seen == [32]  # 16 GiB
+
+
+def test_plan_chunk_size_arguments():
+    args = cli.build_parser().parse_args(["plan", "k=5", "--topology", "v5e:2x4", "--chunk-size", "auto",
+                                          "--hbm-limit", "1GiB", "--margin", "0.5"])
+    assert (args.chunk_size, args.hbm_limit, args.margin) == ("auto", "1GiB", 0.5)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_toy_roofline_counts_the_chunk_loop():
+    """chunk_size=1 (a 4-trip lax.map per device, its body counted once by XLA) and chunk_size=4 (no
+    loop) give the same per-generation flops within 2% once the loop is multiplied back in."""
+    one = plan.plan(config_lib.load(None, TOY + ["chunk_size=1"]), "v5e:2x4")
+    whole = plan.plan(config_lib.load(None, TOY + ["chunk_size=4"]), "v5e:2x4")
+    assert one["ok"] and whole["ok"]
+    assert one["per_generation"]["maps"][0]["chunks"] == 4 and whole["per_generation"]["maps"][0]["chunks"] == 1
+    assert one["cost"]["flops"] < 0.5 * whole["cost"]["flops"]  # XLA: the loop body once
+    assert one["per_generation"]["flops"] == pytest.approx(whole["per_generation"]["flops"], rel=0.02)
+    assert whole["per_generation"]["flops"] == whole["cost"]["flops"]
+    r = one["roofline"]
+    assert r["chip"] == "TPU v5e" and r["peak_flops_per_s"] == pytest.approx(197e12 / 6)
+    assert r["seconds_per_generation"] > 0 and r["individuals_per_s"] == pytest.approx(32 / r["seconds_per_generation"])
+    assert "roofline (TPU v5e" in plan.table(one)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_toy_auto_chunk_compiles_once_when_the_largest_fits(capsys):
+    assert cli.main(["plan", *TOY, "--topology", "v5e:2x4", "--chunk-size", "auto"]) == 0
+    text = capsys.readouterr().out
+    assert "chunk_size auto (limit 90% of 16.00 GiB): 4 (tried 4:" in text
