@@ -8,7 +8,6 @@ the machine; divide by the core count for an ideal wall time).
 
 import argparse
 import json
-
 import time
 
 import jax

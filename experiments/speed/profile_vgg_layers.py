@@ -11,7 +11,6 @@ core's float32 peak is ~118 GFLOP/s on this Zen 4, so GFLOP per CPU-second / 118
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
