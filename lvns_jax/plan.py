@@ -85,11 +85,29 @@ def topology_devices(topology: str) -> list:
     from jax.experimental import topologies
 
     try:
-        desc = topologies.get_topology_desc(topology, platform="tpu")
+        try:
+            desc = topologies.get_topology_desc(topology, platform="tpu")
+        except Exception as e:  # noqa: BLE001
+            bounds = _sub_host_bounds(topology)
+            if "chips_per_host_bounds" not in str(e) or bounds is None:
+                raise
+            # smaller than one host (v5e:1x1, v5e:1x2, v6e:1x1): a host of just these chips
+            desc = topologies.get_topology_desc(topology, platform="tpu", chips_per_host_bounds=bounds)
     except Exception as e:  # noqa: BLE001 - XLA's errors are RuntimeErrors of several kinds
         raise PlanError(f"--topology {topology!r}: {_first_line(e)} (expected e.g. v5e:2x4, v5e:2x2, "
                         f"v4:2x2x1, v5p:2x2x1, v6e:2x4)") from None
     return list(desc.devices)
+
+
+def _sub_host_bounds(topology: str) -> tuple[int, int, int] | None:
+    """``"v5e:1x2"`` -> ``(1, 2, 1)``: the topology's own chip grid as a host's
+    ``chips_per_host_bounds`` (for topologies smaller than the default host, 2x2x1); None if the name
+    has no ``AxB[xC]`` grid."""
+    m = re.fullmatch(r"[^:]+:(\d+(?:x\d+){1,2})", topology.strip())
+    if not m:
+        return None
+    dims = [int(d) for d in m.group(1).split("x")]
+    return tuple(dims + [1] * (3 - len(dims)))  # type: ignore[return-value]
 
 
 def _compile_only_env() -> None:

@@ -238,3 +238,21 @@ def test_toy_auto_chunk_compiles_once_when_the_largest_fits(capsys):
     assert cli.main(["plan", *TOY, "--topology", "v5e:2x4", "--chunk-size", "auto"]) == 0
     text = capsys.readouterr().out
     assert "chunk_size auto (limit 90% of 16.00 GiB): 4 (tried 4:" in text
+
+
+def test_sub_host_bounds():
+    assert plan._sub_host_bounds("v5e:1x1") == (1, 1, 1) and plan._sub_host_bounds("v5e:1x2") == (1, 2, 1)
+    assert plan._sub_host_bounds("v4:1x1x1") == (1, 1, 1) and plan._sub_host_bounds("v5e") is None
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_toy_plan_for_a_single_chip():
+    """v5e:1x1 (smaller than the default 2x2x1 host: compiled with chips_per_host_bounds 1x1x1): no
+    mesh, no collective, and the 4-chunk loop counted back in."""
+    res = plan.plan(config_lib.load(None, TOY + ["chunk_size=8"]), "v5e:1x1")
+    assert res["ok"], res["error"]
+    assert (res["topology_devices"], res["mesh_devices"]) == (1, 1) and res["hlo"]["collectives_total"] == 0
+    m = res["per_generation"]["maps"][0]
+    assert (m["chunks"], m["chunk"]) == (4, 8)
+    assert res["per_generation"]["flops"] == pytest.approx(res["cost"]["flops"] + 3 * m["flops"])
