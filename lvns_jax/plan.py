@@ -13,7 +13,16 @@ the jitted generation step (or a ``run_block`` scan) and reports, per device:
   (``lax.scan`` over chunks, ``run_block``'s scan) is counted ONCE, not once per iteration;
 * what the optimized HLO (``compiled.as_text()``) contains: float64 ops, host callbacks,
   collectives, sorts, while loops;
-* lowering and compile seconds.
+* lowering and compile seconds;
+* per generation (:func:`per_generation`): flops and bytes with the chunked decode/embed ``lax.map``
+  counted ``chunks`` times (one chunk's :func:`lvns_jax.individuals.evaluate_chunk` compiled alone,
+  times ``chunks - 1``, added; XLA:TPU's HLO has no ``known_trip_count`` to read), and a roofline
+  (:func:`roofline`): seconds per generation = max(flops / peak FLOP/s, bytes / HBM bandwidth) from
+  the chip's public peaks (:data:`PEAKS`; ``precision = float32`` at 1/6 of the bf16 peak on TPU),
+  and individuals per second. Other loops (kNN blocks, emitter steps) are still counted once.
+
+:func:`plan_auto_chunk` (``--chunk-size auto``) compiles for ``chunk_size`` candidates, largest
+first, until the per-device peak fits in a margin of the HBM.
 
 Nothing is run and nothing is allocated on any device: model parameters are materialised on the host
 (to know their shapes) and then replaced by shapes. A config that XLA:TPU rejects (the default VGGish
@@ -368,7 +377,8 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         "config": {"rave": cfg.rave, "embedder": cfg.embedder, "container_size": cfg.container_size,
                    "breed_size": cfg.breed_size, "k": cfg.k, "latent": [cfg.latent_channels, cfg.latent_frames],
                    "chunk_size": cfg.chunk_size, "knn": cfg.knn, "archive": cfg.archive,
-                   "emitter": type(search.emitter).__name__, "reevaluate_container": cfg.reevaluate_container},
+                   "emitter": type(search.emitter).__name__, "reevaluate_container": cfg.reevaluate_container,
+                   "precision": cfg.precision},
         "models": list(search.models.description), "jax": jax.__version__, "libtpu": _libtpu_version(),
         "hbm_per_device_bytes": hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None),
         "build_s": build_s, "ok": False, "error": None,

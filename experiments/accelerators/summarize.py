@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 
 def mib(n):
     return "-" if n is None else f"{n / 2**20:.1f}"
@@ -27,17 +29,63 @@ def row(name: str, r: dict) -> str:
             f"collectives {coll}, sorts {h['sorts']} |")
 
 
+def generation(r: dict) -> tuple[dict | None, str]:
+    """(per-generation flops/bytes, where from): the result's own (``lvns plan`` since the roofline),
+    or, for older files, the compiled cost when the step has no chunk loop (each device's children fit
+    in one chunk: nothing was counted once that runs more often)."""
+    if r.get("per_generation"):
+        return r["per_generation"], "plan"
+    c, cost = r["config"], r.get("cost") or {}
+    local = c["breed_size"] // max(r["mesh_devices"], 1)
+    loops = (r.get("hlo") or {}).get("while_loops", 1)
+    if local <= c["chunk_size"] and not c.get("reevaluate_container") and not loops and "bytes_accessed" in cost:
+        return {"flops": cost["flops"], "bytes_accessed": cost["bytes_accessed"]}, "cost (no loop)"
+    return None, "-"
+
+
+def roofline_row(name: str, r: dict) -> str | None:
+    from lvns_jax import plan
+
+    if not r["ok"]:
+        return None
+    gen, src = generation(r)
+    if gen is None:
+        return f"| {name} | {r['topology']} | - | - | - | - | - | - | - | loops not costed (older file) |"
+    # files from before the precision key were compiled at the backend's default precision; the
+    # estimate is for today's default (float32 = HIGHEST), the bf16 column for precision=bfloat16
+    prec = r["config"].get("precision", "float32")
+    args = (gen["flops"], gen["bytes_accessed"], r["device_kind"])
+    roof = r.get("roofline") or plan.roofline(*args, prec, r["config"]["breed_size"])
+    bf16 = plan.roofline(*args, "bfloat16", r["config"]["breed_size"])
+    if roof is None:
+        return f"| {name} | {r['topology']} | {gen['flops']:.2e} | {mib(gen['bytes_accessed'])} | - | - | - | - | - | {src} |"
+    return (f"| {name} | {r['topology']} | {gen['flops']:.2e} | {mib(gen['bytes_accessed'])} | {prec} | "
+            f"{roof['compute_s'] * 1e3:.3g} | {bf16['compute_s'] * 1e3:.3g} | {roof['memory_s'] * 1e3:.3g} | "
+            f"{roof['individuals_per_s']:.3g} | {roof['bound']} bound; {src} |")
+
+
 def main(paths: list[str]) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     paths = paths or sorted(glob.glob(os.path.join(here, "*.json")))
-    print("| file | topology | compiled | models | N/B/k | mesh/devices | args MiB | temp MiB | code MiB | "
-          "peak MiB | flops | compile s | HLO / result |")
-    print("|" + "---|" * 13)
+    results = []
     for p in paths:
         with open(p) as f:
             res = json.load(f)
-        for r in res if isinstance(res, list) else [res]:
-            print(row(os.path.splitext(os.path.basename(p))[0], r))
+        results += [(os.path.splitext(os.path.basename(p))[0], r) for r in (res if isinstance(res, list) else [res])
+                    if "topology" in r]  # (not device_check outputs)
+    print("| file | topology | compiled | models | N/B/k | mesh/devices | args MiB | temp MiB | code MiB | "
+          "peak MiB | flops | compile s | HLO / result |")
+    print("|" + "---|" * 13)
+    for name, r in results:
+        print(row(name, r))
+    print()
+    print("| file | topology | flops / generation / chip | MiB accessed / generation / chip | precision | "
+          "compute ms | compute ms (bf16) | HBM ms | <= individuals/s | note |")
+    print("|" + "---|" * 10)
+    for name, r in results:
+        line = roofline_row(name, r)
+        if line:
+            print(line)
 
 
 if __name__ == "__main__":
