@@ -191,8 +191,8 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         dc = d2[:, :n]
         tol = _tol(rows_sq[:, None], pool_sq[None, :n])
         margin = jnp.where(row_ok[:, None] & ok[None, :n], thr[None, :] + tol - dc, -jnp.inf)
-        # materialised once: without the barrier XLA:CPU refuses these into each consumer (several x slower)
-        margin, dc, tol = jax.lax.optimization_barrier((margin, dc, tol))
+        # materialised once: without the barrier XLA:CPU refuses it into each consumer (several x slower)
+        margin = jax.lax.optimization_barrier(margin)
         mv, mi = jax.lax.top_k(margin, rev)
         pair_exact = novelty.exact_sq_dist(rows[:, None, :], pool[mi])
         pair_d2 = jnp.where((mv > 0) & (pair_exact < thr[mi]), pair_exact, jnp.inf)
@@ -217,7 +217,10 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
 
         def lower(low):
             hit = (margin > 0) & (margin <= cut[:, None])
-            return jnp.minimum(low, _min_rows(jnp.where(hit, dc - tol, jnp.inf)))
+            # thr - margin = matmul distance - rounding margin: a lower estimate of the distance (a row
+            # with no finite bound gets -inf: it is recomputed)
+            est = jnp.where(jnp.isfinite(thr)[None, :], thr[None, :] - margin, -jnp.inf)
+            return jnp.minimum(low, _min_rows(jnp.where(hit, est, jnp.inf)))
 
         low = jax.lax.cond(jnp.any(cut > -jnp.inf), lower, lambda x: x, low)
         return low, (out + (cut,), tier2)
