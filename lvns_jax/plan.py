@@ -110,13 +110,16 @@ def topology_devices(topology: str) -> list:
 
 def _sub_host_bounds(topology: str) -> tuple[int, int, int] | None:
     """``"v5e:1x2"`` -> ``(1, 2, 1)``: the topology's own chip grid as a host's
-    ``chips_per_host_bounds`` (for topologies smaller than the default host, 2x2x1); None if the name
-    has no ``AxB[xC]`` grid."""
+    ``chips_per_host_bounds``, for topologies inside the default host (2x2x1); None otherwise (no
+    ``AxB[xC]`` grid, or larger: ``v5e:3x7`` stays an error)."""
     m = re.fullmatch(r"[^:]+:(\d+(?:x\d+){1,2})", topology.strip())
     if not m:
         return None
     dims = [int(d) for d in m.group(1).split("x")]
-    return tuple(dims + [1] * (3 - len(dims)))  # type: ignore[return-value]
+    dims += [1] * (3 - len(dims))
+    if not all(1 <= d <= b for d, b in zip(dims, (2, 2, 1))):  # not inside one default host: a real error
+        return None
+    return tuple(dims)  # type: ignore[return-value]
 
 
 def _compile_only_env() -> None:

@@ -60,3 +60,13 @@ def test_toy_parity_cpu_against_cpu_is_exact():
         assert r[name]["finite"] and r[name]["max_abs_err"] == 0.0 and r[name]["cosine"] == pytest.approx(1.0)
     assert r["sparseness"]["same_order"] and r["sparseness"]["from_cpu_embeddings"]["max_abs_err"] == 0.0
     assert r["audio"]["shape"][0] == 6
+
+
+@pytest.mark.slow
+def test_toy_bench_on_cpu(capsys):
+    """The bench half (``lvns bench`` in a subprocess, its JSON summarised), on the CPU and toy models."""
+    assert device_check.main(["--no-parity", "--bench-on-cpu", "--sizes", "small", "--repeats", "1",
+                              "--bench-config", "rave=toy", "embedder=toy"]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    (r,) = out["bench"]["results"]
+    assert r["name"] == "small" and r["generation_s"] > 0 and r["individuals_per_s"] > 0

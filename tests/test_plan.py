@@ -243,6 +243,7 @@ def test_toy_auto_chunk_compiles_once_when_the_largest_fits(capsys):
 def test_sub_host_bounds():
     assert plan._sub_host_bounds("v5e:1x1") == (1, 1, 1) and plan._sub_host_bounds("v5e:1x2") == (1, 2, 1)
     assert plan._sub_host_bounds("v4:1x1x1") == (1, 1, 1) and plan._sub_host_bounds("v5e") is None
+    assert plan._sub_host_bounds("v5e:3x7") is None and plan._sub_host_bounds("v4:1x1x2") is None
 
 
 @needs_libtpu

@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-timeout", type=float, default=200.0, help="seconds the bench may take")
     p.add_argument("--repeats", type=int, default=2, help="lvns bench --repeats")
     p.add_argument("--bench-on-cpu", action="store_true", help="run the bench without an accelerator too")
+    p.add_argument("--bench-config", nargs="*", default=[], metavar="key=value",
+                   help="config overrides for the bench (default: the defaults, untrained RAVE v1 + VGGish)")
     p.add_argument("--no-parity", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         elif dev is None and not args.bench_on_cpu:
             out["bench"] = {**absent, "skipped": "no accelerator (--bench-on-cpu to run it anyway)"}
         else:
-            out["bench"] = bench(args.sizes, args.bench_timeout, args.repeats, [])
+            out["bench"] = bench(args.sizes, args.bench_timeout, args.repeats, args.bench_config)
     out["seconds"] = time.perf_counter() - t0
     print(json.dumps(out, default=str))
     return 0
