@@ -207,6 +207,8 @@ def test_sigterm_inside_a_compiled_block_stops_within_one_generation(tmp_path):
         calls["n"] += 1
         if calls["n"] == 3 * 2:  # 2 chunked decode calls per generation (breed 5 in chunks of 4): generation 3
             os.kill(os.getpid(), signal.SIGTERM)
+        if calls["n"] >= 3 * 2:  # toy generations take microseconds: give the main thread (it polls every
+            time.sleep(0.1)  # 50 ms) time to run the handler, or the block may end before it does
 
     def decode(params, z, key):
         jax.debug.callback(maybe_signal)
