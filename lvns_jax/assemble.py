@@ -79,8 +79,8 @@ def assemble(cfg: Config, models: Models | None = None, devices=None) -> Search:
     if models is None:
         models = build_models(cfg, list(devices)[0].platform if devices is not None else None)
     mesh = distributed.make_mesh(cfg, devices)
-    if mesh is not None and cfg.archive != "none" and cfg.archive_size % mesh.size:
-        raise ConfigError(f"archive_size: {cfg.archive_size} must divide by the {mesh.size} devices "
+    if mesh is not None and cfg.archive != "none" and cfg.archive_size % distributed.shards(mesh):
+        raise ConfigError(f"archive_size: {cfg.archive_size} must divide by the {distributed.shards(mesh)} devices "
                           f"(archive rows are split across devices)")
     return Search(
         models=models,

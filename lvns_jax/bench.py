@@ -82,9 +82,9 @@ def flops_of(fn: Callable, *args) -> float | None:
 
 def chunk_plan(b: int, chunk_size: int, mesh=None) -> tuple[int, int, int]:
     """(devices, chunks per device, individuals per chunk) of :func:`individuals.map_individuals`."""
-    from lvns_jax import individuals
+    from lvns_jax import distributed, individuals
 
-    d = 1 if mesh is None else mesh.size
+    d = distributed.shards(mesh)
     local = b // d
     n = individuals.num_chunks(local, chunk_size)
     return d, n, -(-local // n)

@@ -76,6 +76,7 @@ from lvns_jax.errors import ConfigError
 log = logging.getLogger("lvns_jax")
 
 AXIS = "pop"
+REPLICA = "rep"  # a v5e / v6e slice's copies of each shard (make_mesh)
 
 _initialized = False
 
@@ -123,17 +124,29 @@ def to_host(x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- mesh
-def device_count(cfg, available: int | None = None, platform: str | None = None) -> int:
+def needs_whole_slice(devices) -> bool:
+    """True for a multi-chip TPU v5e / v6e slice ("lite" chips): XLA:TPU compiles a program for
+    these only when its device assignment is every chip of the slice ("On platforms with limited ICI
+    routing device assignment should include all slice devices", seen compiling for v5e:8x8 with
+    10 of 64 chips), so the population mesh must cover them all (:func:`make_mesh`)."""
+    d = devices[0]
+    return len(devices) > 1 and d.platform == "tpu" and "lite" in str(getattr(d, "device_kind", "")).lower()
+
+
+def device_count(cfg, available: int | None = None, platform: str | None = None, whole: bool = False) -> int:
     """Shards of the population axis for ``cfg`` (see the module doc); ConfigError if impossible.
 
-    On TPU an odd count > 1 is never chosen (XLA:TPU has no all-reduce over odd replica groups)."""
+    On TPU an odd count > 1 is never chosen (XLA:TPU has no all-reduce over odd replica groups).
+    ``whole`` (a v5e / v6e slice, :func:`needs_whole_slice`): the count must also divide the
+    ``available`` chips, which then hold ``available / count`` replicas of each shard."""
     avail = jax.device_count() if available is None else available
     platform = platform or jax.default_backend()
     ok = (lambda d: d == 1 or d % 2 == 0) if platform == "tpu" else (lambda d: True)
+    fits = (lambda d: avail % d == 0) if whole else (lambda d: True)
     n, b = cfg.container_size, cfg.breed_size
     if cfg.devices == 0:
         g = math.gcd(n, b)
-        return max(d for d in range(1, avail + 1) if g % d == 0 and ok(d))
+        return max(d for d in range(1, avail + 1) if g % d == 0 and ok(d) and fits(d))
     if cfg.devices > avail:
         raise ConfigError(f"devices: {cfg.devices} requested but only {avail} available (0 = all)")
     if n % cfg.devices or b % cfg.devices:
@@ -141,14 +154,29 @@ def device_count(cfg, available: int | None = None, platform: str | None = None)
     if not ok(cfg.devices):
         raise ConfigError(f"devices: {cfg.devices} is odd; XLA:TPU cannot all-reduce over an odd number of chips "
                           f"(use an even count or 0 = automatic)")
+    if not fits(cfg.devices):
+        raise ConfigError(f"devices: {cfg.devices} must divide the slice's {avail} chips: a TPU v5e / v6e program "
+                          f"runs on every chip of its slice (0 = automatic)")
     return cfg.devices
 
 
 def make_mesh(cfg, devices=None) -> Mesh | None:
-    """The 1-D population mesh for ``cfg`` over ``devices`` (default: the running devices); None for one."""
+    """The population mesh for ``cfg`` over ``devices`` (default: the running devices); None for one.
+
+    Axis ``"pop"`` splits the population over :func:`device_count` devices. On a v5e / v6e slice
+    (:func:`needs_whole_slice`) the mesh is 2-D, ``("pop", "rep")`` over every chip: ``"rep"``
+    holds copies of each shard (they compute the same values; nothing is split over it)."""
     devices = list(jax.devices() if devices is None else devices)
-    d = device_count(cfg, len(devices), devices[0].platform)
+    whole = needs_whole_slice(devices)
+    d = device_count(cfg, len(devices), devices[0].platform, whole)
+    if whole and d < len(devices):
+        return Mesh(np.asarray(devices).reshape(d, len(devices) // d), (AXIS, REPLICA))
     return None if d == 1 else Mesh(np.asarray(devices[:d]), (AXIS,))
+
+
+def shards(mesh: Mesh | None) -> int:
+    """How many parts the population is split into over ``mesh`` (1 without one)."""
+    return 1 if mesh is None else int(mesh.shape[AXIS])
 
 
 def _put(x, sharding):
@@ -219,7 +247,7 @@ def pool_lists(mesh: Mesh | None, cont_emb: jax.Array, child_emb: jax.Array, k: 
     n, b = cont_emb.shape[0], child_emb.shape[0]
     if mesh is None:
         return novelty.knn_lists(jnp.concatenate([cont_emb, child_emb]), k, rule, chunk, approx=approx)
-    nl, bl = n // mesh.size, b // mesh.size
+    nl, bl = n // shards(mesh), b // shards(mesh)
     c = chunk or novelty.auto_chunk(n + b)
 
     def body(cont_l, child_l):

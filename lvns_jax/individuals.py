@@ -72,7 +72,7 @@ def map_individuals(fn: Callable, args: tuple, chunk_size: int, mesh=None, axis:
     own slice (the leading axis must divide by the device count). The result of an individual does
     not depend on the chunk it falls in, apart from float rounding in batched kernels.
     """
-    if mesh is None or mesh.size == 1:
+    if mesh is None or mesh.shape[axis] == 1:
         return _local_map(lambda *a: fn(*shared, *a), args, chunk_size)
 
     def body(shared_, *local):

@@ -318,7 +318,8 @@ def pool_knn(lists: KnnLists, pool_emb: jax.Array, n: int, k: int, chunk: int | 
     width = lists.d2.shape[1]
     rev = reverse_width(width, n) if rev is None else int(min(rev, n))
     w = slot_width(width, n, b) if slots is None else int(max(1, min(slots, b)))
-    if mesh is None or mesh.size == 1 or b % mesh.size:
+    d = 1 if mesh is None else mesh.shape["pop"]
+    if d == 1 or b % d:
         ch_d2, ch_idx, pairs, low, hub = _children_pass(pool, pool_sq, ok, n, lists.bound, width, rev, _chunk(chunk, p))
     else:
         ch_d2, ch_idx, pairs, low, hub = _children_pass_sharded(mesh, pool, pool_sq, ok, n, lists.bound, width, rev,

@@ -362,6 +362,7 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
     one line if XLA rejects the program). PlanError if libtpu is missing or the topology unknown."""
     import jax
 
+    from lvns_jax import distributed
     from lvns_jax import search as search_lib
     from lvns_jax.assemble import assemble
 
@@ -373,7 +374,7 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         search = assemble(cfg, devices=devices)
     build_s = time.perf_counter() - t0
     kind = devices[0].device_kind
-    mesh_devices = 1 if search.mesh is None else search.mesh.size
+    mesh_devices = distributed.shards(search.mesh)
     out: dict[str, Any] = {
         "topology": topology, "device_kind": kind, "topology_devices": len(devices), "mesh_devices": mesh_devices,
         "function": (f"run_block({block}{', stop check' if stop_check else ''})" if block else "step"),
@@ -443,8 +444,10 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         out["warnings"].insert(0, f"per-device memory {_bytes(mem['peak_estimate_bytes'])} is over 90% "
                                   f"of the {_bytes(hbm)} HBM{'' if hbm_bytes else ' of a ' + kind}")
     if mesh_devices < len(devices):
+        copies = (f": every chip of a v5e / v6e slice runs the program, {len(devices) // mesh_devices} copies of "
+                  f"each part" if search.mesh is not None and search.mesh.size == len(devices) else "")
         out["warnings"].append(f"the population is split over {mesh_devices} of the topology's {len(devices)} "
-                               f"devices (devices must divide container_size and breed_size)")
+                               f"devices (devices must divide container_size and breed_size){copies}")
     return out
 
 
@@ -470,11 +473,12 @@ def plan_auto_chunk(cfg, topology: str, block: int = 0, stop_check: bool = False
     ``hbm_bytes`` (default: the chip's HBM; injectable for tests). One compile per candidate tried,
     largest first, until one fits; the result is that compile's, with ``chunk_auto`` (the limit,
     every candidate tried and its peak, the choice: None if none fits, then the last result)."""
+    from lvns_jax import distributed
     from lvns_jax.assemble import assemble
 
     devices = topology_devices(topology)
     search = assemble(cfg, devices=devices)
-    mesh_devices = 1 if search.mesh is None else search.mesh.size
+    mesh_devices = distributed.shards(search.mesh)
     kind = devices[0].device_kind
     limit = hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None)
     if limit is None:

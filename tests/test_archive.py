@@ -135,7 +135,7 @@ def test_random_archive_takes_about_its_rate_from_identity_keys():
     assert abs(int(m["archive_insertions"]) / n - 0.3) < 0.04
 
 
-@pytest.mark.parametrize("knn", ["brute", "incremental"])
+@pytest.mark.parametrize("knn", [pytest.param("brute", marks=pytest.mark.slow), "incremental"])
 def test_step_with_an_archive_matches_a_numpy_recomputation(knn):
     """One generation with an archive, redone by hand with the step's own stages: the survivors are
     the most sparse of the pool over container + children + archive (NumPy), and the children above

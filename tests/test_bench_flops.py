@@ -31,6 +31,7 @@ def _measure(chunk_size):
     return bench.measure(cfg, repeats=1)
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_stage_flops_do_not_depend_on_the_chunking():
     """Decode/embed work per generation is the same in 1, 2 or 3 chunks (exact division, no padding),
     up to the few per-call flops (key arithmetic, reshapes) that do not scale with the batch."""

@@ -211,6 +211,29 @@ def test_device_count_resolution():
         distributed.device_count(odd.replace(devices=5), available=8, platform="tpu")
     with pytest.raises(ConfigError, match="devices: 2 requested but only 1"):
         distributed.device_count(config.from_dict({**base, "devices": 2}))
+    # a v5e / v6e slice runs a program on all its chips: the count must divide the chips too
+    assert distributed.device_count(odd, available=64, platform="tpu") == 10
+    assert distributed.device_count(odd, available=64, platform="tpu", whole=True) == 2
+    vctk = odd.replace(container_size=500, breed_size=100)
+    assert distributed.device_count(vctk, available=64, platform="tpu", whole=True) == 4
+    assert distributed.device_count(vctk, available=32, platform="tpu", whole=True) == 4
+    with pytest.raises(ConfigError, match="^devices: 10 must divide the slice's 64 chips"):
+        distributed.device_count(odd.replace(devices=10), available=64, platform="tpu", whole=True)
+
+
+class _Chip:
+    def __init__(self, i, platform="tpu", kind="TPU v5 lite"):
+        self.id, self.platform, self.device_kind = i, platform, kind
+
+
+def test_a_v5e_slice_mesh_covers_every_chip():
+    """On a v5e / v6e slice the mesh is ("pop", "rep") over every chip; elsewhere "pop" over a subset."""
+    cfg = config.from_dict(dict(rave="toy", embedder="toy", container_size=50, breed_size=30, k=5, progress=False))
+    chips = [_Chip(i) for i in range(64)]
+    assert distributed.needs_whole_slice(chips) and not distributed.needs_whole_slice(chips[:1])
+    assert not distributed.needs_whole_slice([_Chip(i, kind="TPU v5") for i in range(32)])  # v5p: any subset
+    assert not distributed.needs_whole_slice([_Chip(i, "gpu", "NVIDIA H100 80GB HBM3") for i in range(8)])
+    assert distributed.device_count(cfg, 64, "tpu", whole=True) == 2
 
 
 MULTIHOST = textwrap.dedent("""

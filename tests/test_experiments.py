@@ -58,8 +58,9 @@ def test_bench_measure_toy():
 
 
 @pytest.mark.parametrize("extra", [dict(mutation="gradient", gradient_steps=1),
-                                   dict(emitter="mix", emitter_mix="gradient:0.5,paper", gradient_steps=1),
-                                   dict(archive="threshold", knn="incremental")])
+                                   pytest.param(dict(emitter="mix", emitter_mix="gradient:0.5,paper", gradient_steps=1),
+                                                marks=pytest.mark.slow),
+                                   pytest.param(dict(archive="threshold", knn="incremental"), marks=pytest.mark.slow)])
 def test_bench_times_the_step_lvns_run_runs(extra):
     """Bench uses the step's own stage functions and search.step itself: every emitter/scorer/archive."""
     from lvns_jax import search

@@ -89,6 +89,7 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_gs_run_resume_matches_local_run(emulator, tmp_path):
     run = "gs://test-bucket/run1"
     _lvns(emulator, "--out", run, "generations=4")

@@ -133,6 +133,7 @@ def test_gradients_finite_with_noise_and_noise_uses_a_key_per_step():
     np.testing.assert_array_equal(np.asarray(d1), np.asarray(d2))
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_jit_equals_eager():
     c = cfg()
     _, _, cont_emb, start = start_points(5, c)

@@ -121,6 +121,7 @@ def test_rave_bfloat16_on_tpu_hands_xla_bf16_convolutions():
     assert all("bf16" in line for line in convs[:-1])  # last: the float32 PQMF
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_vggish_bfloat16_is_close_to_float32_with_bf16_products():
     cfg = config.from_dict({"precision": "bfloat16"})
     e32 = embedders.build_vggish(cfg.replace(precision="float32"), "untrained", 16000, 16000)
@@ -140,6 +141,7 @@ def test_vggish_bfloat16_is_close_to_float32_with_bf16_products():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_panns_bfloat16_is_close_to_float32_with_bf16_products():
     from lvns_jax.models import panns
 

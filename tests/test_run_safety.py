@@ -249,7 +249,7 @@ def _lvns(args, **popen):
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
-@pytest.mark.parametrize("delay", [0.3, 2.5, 3.5])
+@pytest.mark.parametrize("delay", [0.3, pytest.param(2.5, marks=pytest.mark.slow), 3.5])
 def test_sigterm_early_in_a_subprocess_ends_in_one_line_and_a_usable_directory(tmp_path, delay):
     """Whatever the moment (imports, model building, initial evaluation, first compile, first blocks):
     exit status 130, one 'lvns: stopped' line, no traceback, and the directory starts or resumes."""

@@ -79,7 +79,8 @@ def test_run_directory_contents_and_tensorboard(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "checkpoints")))  # orbax steps exist
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(archive="threshold", archive_size=10, archive_rate=0.2)])
+@pytest.mark.parametrize("extra", [dict(), pytest.param(dict(archive="threshold", archive_size=10, archive_rate=0.2),
+                                                 marks=pytest.mark.slow)])
 def test_resume_is_bit_exact(tmp_path, extra):
     whole = runner.run(cfg(generations=6, **extra), str(tmp_path / "whole"))
     part = str(tmp_path / "part")
@@ -134,6 +135,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         runner.run(cfg(generations=1), out)
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_sigterm_writes_checkpoint_and_resume_finishes(tmp_path):
     out = str(tmp_path / "r")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -192,6 +194,7 @@ def test_a_checkpoint_of_the_old_state_format_is_refused_in_one_line(tmp_path):
         Checkpoints(str(tmp_path / "ck")).restore_latest(e.template())
 
 
+@pytest.mark.slow  # a cheaper sibling runs by default (see the module's other tests)
 def test_sigterm_inside_a_compiled_block_stops_within_one_generation(tmp_path):
     """A 20-generation block; SIGTERM arrives during generation 3's decoding: the run stops after at
     most one more generation, writes that checkpoint, and resumes to the uninterrupted result."""

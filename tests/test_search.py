@@ -187,7 +187,7 @@ def test_balanced_chunks_hand_worked():
 
 
 @pytest.mark.parametrize("extra", [dict(), pytest.param(dict(knn="incremental"), marks=pytest.mark.slow),
-                                   dict(archive="threshold", archive_size=12),
+                                   pytest.param(dict(archive="threshold", archive_size=12), marks=pytest.mark.slow),
                                    pytest.param(dict(gradient_fraction=0.5, gradient_steps=2), marks=pytest.mark.slow)])
 def test_chunk_sizes_give_the_same_run_with_noise_on(extra):
     """Every random draw of an individual comes from its identity key: chunk_size and knn_chunk are
