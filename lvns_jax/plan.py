@@ -171,6 +171,51 @@ def abstract_args(search, devices=None) -> tuple[Any, Any]:
 _OP = re.compile(r"=\s*(?:\([^=]*?\)|[^\s=]+)\s+([a-z][a-z0-9\-]*)\(")
 _COMMENT = re.compile(r"/\*.*?\*/")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_BODY = re.compile(r"\bbody=%?([\w.\-]+)")
+
+
+def _type_bytes(text: str) -> int:
+    """Bytes of an HLO result type such as ``(f32[8,64]{1,0}, s32[])``."""
+    n = 0
+    for dtype, dims in _SHAPE.findall(text):
+        size = 1
+        for d in filter(None, dims.split(",")):
+            size *= int(d)
+        n += size * _DTYPE_BYTES.get(dtype, 4)
+    return n
+
+
+def collective_bytes(text: str) -> dict[str, Any]:
+    """Bytes each device receives from the collectives of an optimized HLO module, by kind: the
+    result size of every synchronous collective and of every asynchronous one's ``-done`` (a
+    ``-start``'s tuple holds its operand too). ``in_loop_bodies`` is the part inside while-loop
+    bodies, counted once like ``cost_analysis()`` does (a loop's trip count is not in the text)."""
+    by_kind: dict[str, int] = {}
+    comp, bodies, rows = None, set(), []
+    for line in text.splitlines():
+        line = _COMMENT.sub("", line)
+        bodies.update(_BODY.findall(line))
+        m = _COMPUTATION.match(line)
+        if m and "=" not in line.split("{")[0]:
+            comp = m.group(1)
+            continue
+        m = _OP.search(line)
+        if not m:
+            continue
+        op = m.group(1)
+        kind = op[:-len("-done")] if op.endswith("-done") else op
+        if kind not in COLLECTIVES:
+            continue
+        result = line.split("=", 1)[1]
+        rows.append((kind, comp, _type_bytes(result[: result.index(" " + op + "(")])))
+    for kind, _, b in rows:
+        by_kind[kind] = by_kind.get(kind, 0) + b
+    return {"by_kind": by_kind, "total": sum(by_kind.values()),
+            "in_loop_bodies": sum(b for _, comp, b in rows if comp in bodies)}
 
 
 def scan_hlo(text: str) -> dict[str, Any]:
@@ -201,7 +246,8 @@ def scan_hlo(text: str) -> dict[str, Any]:
     out = {"f64_ops": f64_ops, "host_callbacks": host, "host_transfers": host_transfers,
            "collectives": collectives, "collectives_total": sum(collectives.values()),
            "sorts": ops.get("sort", 0), "while_loops": ops.get("while", 0), "custom_calls": targets,
-           "fusions": ops.get("fusion", 0), "instructions": sum(ops.values())}
+           "fusions": ops.get("fusion", 0), "instructions": sum(ops.values()),
+           "collective_bytes": collective_bytes(text)}
     warnings = []
     if f64_ops:
         warnings.append(f"float64 ops: {sum(f64_ops.values())} ({', '.join(sorted(f64_ops))}): slow/unsupported on TPU")
@@ -582,6 +628,11 @@ def table(res: dict[str, Any]) -> str:
     lines.append(f"  HLO: {h['instructions']} instructions, {h['fusions']} fusions, {h['while_loops']} while loops, "
                  f"{h['sorts']} sorts; collectives: {coll}; f64 ops: {sum(h['f64_ops'].values())}; host callbacks: "
                  f"{sum(h['host_callbacks'].values()) + h['host_transfers']}")
+    cb = h.get("collective_bytes")
+    if cb and cb["total"]:
+        kinds = ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(cb["by_kind"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  collective traffic received per device: {_bytes(cb['total'])} ({kinds}; "
+                     f"{_bytes(cb['in_loop_bodies'])} of it in loop bodies, counted once)")
     lines.append(f"  lower {res['lower_s']:.1f} s, compile {res['compile_s']:.1f} s (build models {res['build_s']:.1f} s)")
     for w in res["warnings"]:
         lines.append(f"  warning: {w}")

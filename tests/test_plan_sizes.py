@@ -70,3 +70,22 @@ def test_incremental_1024_256_compiles_for_v5e_2x2():
     res = plan.plan(cfg, "v5e:2x2")
     _check_compiles_clean(res, mesh_devices=4)
     assert res["hlo"]["collectives_total"] > 0  # really partitioned
+
+
+def test_collective_bytes_of_a_hand_written_module():
+    """Result sizes of synchronous collectives and of async ``-done`` halves (not ``-start``: its tuple
+    holds the operand too), split into what lies in a while body."""
+    text = """HloModule m
+%body.1 (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ar = f32[8]{0} all-reduce(f32[8]{0} %x), replica_groups={{0,1}}, to_apply=%add
+}
+ENTRY %main (a: f32[4,2]) -> f32[16,2] {
+  %ags = (f32[4,2]{1,0}, f32[16,2]{1,0}) all-gather-start(f32[4,2]{1,0} %a), dimensions={0}
+  %agd = f32[16,2]{1,0} all-gather-done((f32[4,2]{1,0}, f32[16,2]{1,0}) %ags)
+  %cp = (bf16[3]{0}, s32[]) collective-permute(bf16[3]{0} %b), source_target_pairs={{0,1}}
+  %w = (s32[], f32[8]) while((s32[], f32[8]) %t), condition=%cond.1, body=%body.1
+}
+"""
+    cb = plan.collective_bytes(text)
+    assert cb["by_kind"] == {"all-reduce": 32, "all-gather": 128, "collective-permute": 10}
+    assert cb["total"] == 170 and cb["in_loop_bodies"] == 32
