@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -64,6 +65,36 @@ def roofline_row(name: str, r: dict) -> str | None:
             f"{roof['individuals_per_s']:.3g} | {roof['bound']} bound; {src} |")
 
 
+SIZES = {"default": "default 50/30/30", "vctk": "VCTK 500/100/50", "100k": "102,400/10,240/30 incremental",
+         "1m": "1,048,576/102,400/30 incremental"}
+
+
+def size_table(results: list[tuple[str, dict]]) -> list[str]:
+    """The issue's table: one row per (size, topology) file named ``<size>-<topology>``."""
+    out = ["| size | topology | chip | population split / chips | peak MiB / chip (% HBM) | flops / gen / chip | "
+           "roofline ms / gen | <= individuals/s | collectives MiB / chip / gen | compile s | result |",
+           "|" + "---|" * 11]
+    for name, r in results:
+        size, _, rest = name.partition("-")
+        if size not in SIZES or not re.fullmatch(r"v\d+[a-z]*-\d+x\d+(x\d+)?|h[12]00-\d+", rest):
+            continue  # other experiments (odd device counts, older programs): the tables above
+        head = f"| {SIZES[size]} | {r['topology']} | {r['device_kind']} | {r['mesh_devices']}/{r['topology_devices']} |"
+        if not r["ok"]:
+            out.append(head + f" - | - | - | - | - | {r.get('compile_s') or 0:.0f} | {r['error'][:160]} |")
+            continue
+        m, hbm = r["memory"], r.get("hbm_per_device_bytes")
+        peak = "-" if not m else (f"{mib(m['peak_estimate_bytes'])}" +
+                                  (f" ({100 * m['peak_estimate_bytes'] / hbm:.1f}%)" if hbm else ""))
+        gen, _ = generation(r)
+        roof = r.get("roofline")
+        cb = (r.get("hlo") or {}).get("collective_bytes")
+        out.append(head + f" {peak} | {gen['flops']:.3g} |" if gen else head + f" {peak} | - |")
+        out[-1] += (f" {roof['seconds_per_generation'] * 1e3:.3g} ({roof['bound']}) | {roof['individuals_per_s']:.3g} |"
+                    if roof else " - | - |")
+        out[-1] += f" {mib(cb['total']) if cb else '-'} | {r['compile_s']:.0f} | ok |"
+    return out
+
+
 def main(paths: list[str]) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     paths = paths or sorted(glob.glob(os.path.join(here, "*.json")))
@@ -86,6 +117,8 @@ def main(paths: list[str]) -> None:
         line = roofline_row(name, r)
         if line:
             print(line)
+    print()
+    print("\n".join(size_table(results)))
 
 
 if __name__ == "__main__":
