@@ -1,6 +1,6 @@
 """``lvns plan``: ahead-of-time compilation for a TPU topology (lvns_jax.plan).
 
-The compile tests need libtpu (``pip install -e '.[tpu]'``, not part of the test extra) and are
+The compile tests need libtpu (``pip install -e '.[tpu]'``; the test extra has it) and are
 skipped without it; the rest (argument parsing, the missing-libtpu message, the abstract
 arguments, the HLO scan) runs everywhere.
 """
@@ -80,7 +80,6 @@ def test_fft_failure_is_one_line():
 
 
 @needs_libtpu
-@pytest.mark.slow
 def test_toy_plan_for_v5e_2x4(tmp_path, capsys):
     cfg = config_lib.load(None, TOY)
     devices = plan.topology_devices("v5e:2x4")
