@@ -136,8 +136,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise LvnsError(f"expected key=value after the config file, got {item!r}")
     if args.block < 0:
         raise LvnsError(f"--block: must be >= 0, got {args.block}")
-    if not plan.libtpu_available():
-        raise plan.PlanError(plan.NO_LIBTPU)
+    for topo in filter(None, args.topology.split(",")):  # a missing compiler: one line before any model is built
+        if plan.gpu_topology(topo) is not None:
+            if not plan.cuda_plugin_available():
+                raise plan.PlanError(plan.NO_CUDA)
+        elif not plan.libtpu_available():
+            raise plan.PlanError(plan.NO_LIBTPU)
     from lvns_jax.assemble import check
 
     auto = args.chunk_size == "auto"
@@ -260,12 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_encode)
 
-    pn = sub.add_parser("plan", help="compile one generation ahead of time for a TPU topology on this machine "
-                                     "(needs libtpu: pip install -e '.[tpu]'): per-device memory, flops, warnings")
+    pn = sub.add_parser("plan", help="compile one generation ahead of time for a TPU topology or N GPUs on this "
+                                     "machine (needs libtpu: pip install -e '.[tpu]'; for GPUs the CUDA plugin, "
+                                     "pip install -e '.[cuda]' in a separate venv): per-device memory, flops, warnings")
     pn.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
                     help="a TOML config (or an original LVNS-RAVE .gin), then key=value overrides")
     pn.add_argument("--topology", required=True, metavar="NAME[,NAME...]",
-                    help="TPU topology, e.g. v5e:2x4 (8 chips), v5e:2x2, v4:2x2x1; comma list for several")
+                    help="TPU topology, e.g. v5e:2x4 (8 chips), v5e:2x2, v4:2x2x1, or N GPUs of one host: "
+                         "h100:1, h100:8, h200:8 (NVIDIA H100 / H200 SXM); comma list for several")
     pn.add_argument("--block", type=int, default=0, metavar="G",
                     help="compile a run_block of G generations (one lax.scan) instead of one step")
     pn.add_argument("--stop-check", action="store_true",

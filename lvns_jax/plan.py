@@ -1,4 +1,4 @@
-"""``lvns plan``: compile one generation ahead of time for a TPU topology, on this (CPU) machine.
+"""``lvns plan``: compile one generation ahead of time for a TPU topology or N GPUs, on this (CPU) machine.
 
 With ``libtpu`` installed (``pip install -e '.[tpu]'``; no TPU needed), XLA:TPU compiles for a named
 topology (``v5e:2x4``, ``v5e:2x2``, ``v4:2x2x1``, ...) against *compile-only* devices
@@ -23,6 +23,14 @@ the jitted generation step (or a ``run_block`` scan) and reports, per device:
 
 :func:`plan_auto_chunk` (``--chunk-size auto``) compiles for ``chunk_size`` candidates, largest
 first, until the per-device peak fits in a margin of the HBM.
+
+GPUs (``--topology h100:8``, ``h100:1``, ``h200:8``): with JAX's CUDA plugin (``pip install -e
+'.[cuda]'`` in a separate venv; no GPU needed), XLA:GPU compiles against compile-only devices of
+``N`` GPUs of one host, described by an XLA target config (:data:`GPU_SPECS`, ``lvns_jax/gpu_specs``),
+with the same mesh and shardings (any device count: the odd-count rule is XLA:TPU's). XLA:GPU's
+compile-only executables have no ``cost_analysis()``: flops and bytes come from :func:`hlo_cost`
+(the optimized HLO, cuDNN convolutions and cuBLAS gemms counted from their shapes); CUB's radix sort
+is turned off (:data:`GPU_COMPILE_OPTIONS`); "generated code" is 0 (XLA:GPU does not report it).
 
 Nothing is run and nothing is allocated on any device: model parameters are materialised on the host
 (to know their shapes) and then replaced by shapes. A config that XLA:TPU rejects (the default VGGish
@@ -63,6 +71,9 @@ PEAKS = {
                               "hbm_bw": 3350e9, "hbm": 80 * 10**9},
     "NVIDIA H200": {"chip": "H200 SXM", "bf16": 989e12, "fp32": 67e12, "tf32": 494e12,
                     "hbm_bw": 4800e9, "hbm": 141 * 10**9},
+    # the device_kind of h200.txtpb's compile-only devices
+    "NVIDIA H200 141GB HBM3e": {"chip": "H200 SXM", "bf16": 989e12, "fp32": 67e12, "tf32": 494e12,
+                                "hbm_bw": 4800e9, "hbm": 141 * 10**9},
 }
 
 #: float32 matmuls at ``lax.Precision.HIGHEST`` (``precision = float32``) on a TPU's MXU are
@@ -71,6 +82,21 @@ TPU_F32_HIGHEST_PASSES = 6
 
 NO_LIBTPU = ("lvns plan needs libtpu (XLA's TPU compiler; no TPU needed): "
              "pip install -e '.[tpu]'  (or: pip install 'jax[tpu]==<your jax version>')")
+
+NO_CUDA = ("lvns plan --topology h100:N needs JAX's CUDA plugin (XLA's GPU compiler; no GPU needed), in a "
+           "separate venv: python3 -m venv .venv-cuda && .venv-cuda/bin/pip install -e '.[cuda]'")
+
+#: GPU models ``--topology MODEL:N`` compiles for: XLA GpuTargetConfigProto text files in
+#: ``lvns_jax/gpu_specs`` (openxla/xla ``xla/backends/gpu/target_config/specs``, Apache-2.0).
+GPU_SPECS = {"h100": "h100_sxm.txtpb", "h200": "h200.txtpb"}
+
+#: GpuDeviceInfoProto fields of those spec files that jaxlib 0.10.2 does not know (dropped, then retried).
+NEWER_SPEC_FIELDS = ("collective_memory_granularity",)
+
+#: XLA options for compiling to compile-only GPU devices: XLA:GPU's CUB radix sort (large sorts and
+#: top-k) asks the CUDA runtime for its scratch size at compile time ("cudaErrorInvalidDevice: invalid
+#: device ordinal" without a GPU), so XLA's own sort is compiled instead (a real GPU run uses CUB).
+GPU_COMPILE_OPTIONS = {"xla_gpu_enable_cub_radix_sort": False}
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute",
                "collective-broadcast")
@@ -85,9 +111,75 @@ def libtpu_available() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
+def cuda_plugin_available() -> bool:
+    """True if JAX's CUDA plugin (``jax-cuda12-plugin``: XLA:GPU's compiler) is importable."""
+    try:
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def gpu_topology(topology: str) -> tuple[str, int] | None:
+    """``"h100:8"`` -> ``("h100", 8)``: a GPU model of :data:`GPU_SPECS` and a GPU count; None for
+    anything else (a TPU topology). PlanError for a GPU model with a bad count."""
+    name, _, count = topology.strip().lower().partition(":")
+    if name not in GPU_SPECS:
+        return None
+    if not count.isdigit() or int(count) < 1:
+        raise PlanError(f"--topology {topology!r}: expected {name}:N, N GPUs (e.g. {name}:1, {name}:8)")
+    return name, int(count)
+
+
+def gpu_target_config(name: str) -> str:
+    """The GpuTargetConfigProto text of a GPU model (``lvns_jax/gpu_specs``, from openxla/xla)."""
+    from importlib.resources import files
+
+    return files("lvns_jax").joinpath("gpu_specs", GPU_SPECS[name]).read_text()
+
+
+def drop_fields(text: str, fields: tuple[str, ...]) -> str:
+    """A text proto without the scalar fields / blocks named ``fields`` (at any depth)."""
+    out, depth_skip = [], 0
+    for line in text.splitlines():
+        if depth_skip:
+            depth_skip += line.count("{") - line.count("}")
+            continue
+        m = re.match(r"\s*(\w+)\s*[:{]", line)
+        if m and m.group(1) in fields:
+            depth_skip = line.count("{") - line.count("}")
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def gpu_devices(topology: str, name: str, count: int) -> list:
+    """The compile-only devices of ``count`` GPUs of model ``name`` (one host), from XLA:GPU's
+    topology for the model's target config; PlanError in one line if the CUDA plugin is missing."""
+    if not cuda_plugin_available():
+        raise PlanError(NO_CUDA)
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no GPU, no CUDA driver: nothing to check
+    from jax.experimental import topologies
+
+    text = gpu_target_config(name)
+    err = None
+    # the fields jaxlib 0.10.2 refuses are dropped first; a jaxlib that wants them gets the whole text
+    for spec in (drop_fields(text, NEWER_SPEC_FIELDS), text):
+        try:
+            desc = topologies.get_topology_desc(platform="cuda", topology_name="", target_config=spec,
+                                                topology=f"1x1x{count}")
+            return list(desc.devices)
+        except Exception as e:  # noqa: BLE001 - XLA's errors are RuntimeErrors of several kinds
+            err = e
+    raise PlanError(f"--topology {topology!r}: {_first_line(err)}")
+
+
 def topology_devices(topology: str) -> list:
-    """The compile-only devices of a TPU topology such as ``"v5e:2x4"`` (PlanError in one line if
-    libtpu is missing or the name is not a topology)."""
+    """The compile-only devices of a TPU topology such as ``"v5e:2x4"``, or of ``N`` GPUs such as
+    ``"h100:8"`` (PlanError in one line if libtpu / the CUDA plugin is missing or the name is not a
+    topology)."""
+    gpu = gpu_topology(topology)
+    if gpu is not None:
+        return gpu_devices(topology, *gpu)
     if not libtpu_available():
         raise PlanError(NO_LIBTPU)
     _compile_only_env()
@@ -137,6 +229,11 @@ def _compile_only_env() -> None:
     if chips == 0 and not any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE")):
         os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # jax sets it itself when it finds no chip
         os.environ.update(TPU_WORKER_HOSTNAMES="localhost", TPU_ACCELERATOR_TYPE="v5litepod-8")
+
+
+def compile_options(device) -> dict[str, Any] | None:
+    """``Lowered.compile`` options for a compile-only ``device``: :data:`GPU_COMPILE_OPTIONS` on GPU."""
+    return dict(GPU_COMPILE_OPTIONS) if device.platform == "gpu" else None
 
 
 def _first_line(e: BaseException) -> str:
@@ -231,7 +328,7 @@ def scan_hlo(text: str) -> dict[str, Any]:
         ops[op] = ops.get(op, 0) + 1
         if op in ("send", "recv") and "is_host_transfer=true" in line:  # (not their -done halves)
             host_transfers += 1
-        if "f64[" in line:
+        if "f64[" in line or "c128[" in line:  # (an f64 -> c128 RFFT prints only its c128 result)
             f64_ops[op] = f64_ops.get(op, 0) + 1
     collectives = {}
     for c in COLLECTIVES:
@@ -261,8 +358,10 @@ def scan_hlo(text: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- compile
-def _failure(e: BaseException, mesh_devices: int = 1, even: list[int] | None = None) -> str:
+def _failure(e: BaseException, mesh_devices: int = 1, even: list[int] | None = None, target: str = "TPU") -> str:
     text = str(e)
+    if target != "TPU":
+        return f"does not compile for {target}: {_first_line(e)}"
     if "replica_groups" in text and "odd" in text:
         hint = (f"devices={max(even)}" if even else
                 "container_size and breed_size with an even common divisor")
@@ -309,6 +408,85 @@ def _cost(compiled) -> dict[str, float] | None:
     if out.get("optimal_seconds", 0.0) < 0:  # XLA:TPU reports negative values for some programs: unknown
         out["optimal_seconds"] = None
     return out
+
+
+def program_cost(compiled) -> dict[str, Any] | None:
+    """:func:`_cost` of a compiled program; where the backend has none (XLA:GPU's compile-only
+    executables: ``cost_analysis()`` is None), :func:`hlo_cost` of its optimized HLO."""
+    c = _cost(compiled)
+    if c is not None:
+        return {**c, "source": "compiled.cost_analysis()"}
+    try:
+        return hlo_cost(compiled)
+    except Exception:  # noqa: BLE001 - an estimate, never fatal
+        return None
+
+
+def hlo_cost(compiled) -> dict[str, Any]:
+    """Per-device cost of a compiled program from its optimized (SPMD-partitioned) HLO module: XLA's
+    generic ``HloCostAnalysis`` (as the CPU backend runs it), which counts a custom call as -1 flop
+    and -1 byte, corrected by :func:`custom_call_cost` for the cuDNN convolutions and cuBLAS gemms
+    XLA:GPU rewrites convolutions and dots into (other custom calls: ``uncounted_custom_calls``)."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    mods = compiled.runtime_executable().hlo_modules()
+    c = _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), mods[0])
+    extra = custom_call_cost(compiled.as_text())
+    n = extra["custom_calls"]  # each counted as -1 flop / -1 byte by HloCostAnalysis
+    return {"flops": float(c["flops"]) + n + extra["flops"],
+            "bytes_accessed": float(c["bytes accessed"]) + n + extra["bytes_accessed"],
+            "transcendentals": float(c.get("transcendentals", 0.0)),
+            "source": "HloCostAnalysis of the optimized HLO + cuDNN conv / cuBLAS gemm custom calls from their shapes",
+            "uncounted_custom_calls": extra["uncounted"]}
+
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\([^=]*?\)|[^\s=]+)\s+[a-z][a-z0-9\-]*\(")
+_DIMS = re.compile(r"(?:pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+
+
+def _dims(type_text: str) -> list[int]:
+    """The dimensions of the first array in an HLO type (``(f32[30,64]{1,0}, u8[0])`` -> [30, 64])."""
+    m = _DIMS.search(type_text)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def custom_call_cost(text: str) -> dict[str, Any]:
+    """Flops and bytes (operands + results) of an optimized HLO module's custom calls, by shape:
+    ``__cudnn$conv*`` 2 x output elements x kernel elements / output features (``dim_labels``),
+    ``__cublas$*`` 2 x output elements x the lhs contracting size; other targets are only counted
+    (``uncounted``, by target). Loop bodies are counted once, like ``cost_analysis()``."""
+    types, calls = {}, []
+    for line in text.splitlines():
+        line = _COMMENT.sub("", line)
+        m = _DEF.match(line)
+        if not m:
+            continue
+        types[m.group(1)] = m.group(2)
+        if " custom-call(" in line:
+            calls.append((m.group(2), line))
+    flops = nbytes = 0.0
+    uncounted: dict[str, int] = {}
+    for result, line in calls:
+        target = (_TARGET.findall(line) or ["?"])[0]
+        args = line.split(" custom-call(", 1)[1].split(")", 1)[0]
+        ops = [types.get(a.strip().lstrip("%"), "") for a in args.split(",") if a.strip()]
+        out = math.prod(_dims(result))
+        labels = re.search(r"dim_labels=\w+_(\w+)->", line)
+        contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+        if target.startswith("__cudnn$conv") and labels and len(ops) > 1:
+            kernel = _dims(ops[1])
+            o = labels.group(1).find("o")
+            flops += 2.0 * out * math.prod(kernel) / max(kernel[o] if 0 <= o < len(kernel) else 1, 1)
+        elif target.startswith("__cublas$") and contracting and ops:
+            lhs = _dims(ops[0])
+            k = math.prod(lhs[int(d.strip('" '))] for d in contracting.group(1).split(",") if d.strip('" '))
+            flops += 2.0 * out * k
+        else:
+            uncounted[target] = uncounted.get(target, 0) + 1
+            continue
+        nbytes += _type_bytes(result) + sum(_type_bytes(t) for t in ops)
+    return {"flops": flops, "bytes_accessed": nbytes, "custom_calls": len(calls), "uncounted": uncounted}
 
 
 # ----------------------------------------------------------------------------- per generation, roofline
@@ -380,8 +558,8 @@ def chunk_cost(search, abs_search, device, chunk: int) -> dict[str, Any]:
     k = jax.eval_shape(lambda: individuals.stream(jax.random.split(jax.random.key(0), chunk), individuals.NOISE))
     keys = jax.ShapeDtypeStruct(k.shape, k.dtype, sharding=one)
     t0 = time.perf_counter()
-    compiled = jax.jit(individuals.evaluate_chunk).lower(models, z, keys).compile()
-    return {**(_cost(compiled) or {}), "compile_s": time.perf_counter() - t0}
+    compiled = jax.jit(individuals.evaluate_chunk).lower(models, z, keys).compile(compile_options(device))
+    return {**(program_cost(compiled) or {}), "compile_s": time.perf_counter() - t0}
 
 
 def per_generation(cost: dict[str, Any] | None, maps: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -420,6 +598,7 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         search = assemble(cfg, devices=devices)
     build_s = time.perf_counter() - t0
     kind = devices[0].device_kind
+    gpu = devices[0].platform != "tpu"
     mesh_devices = distributed.shards(search.mesh)
     out: dict[str, Any] = {
         "topology": topology, "device_kind": kind, "topology_devices": len(devices), "mesh_devices": mesh_devices,
@@ -430,11 +609,12 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
                    "emitter": type(search.emitter).__name__, "reevaluate_container": cfg.reevaluate_container,
                    "precision": cfg.precision},
         "models": list(search.models.description), "jax": jax.__version__, "libtpu": _libtpu_version(),
-        "hbm_per_device_bytes": hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None),
-        "build_s": build_s, "ok": False, "error": None,
+        "cuda_plugin": _version("jax-cuda12-plugin") if gpu else None,
+        "hbm_per_device_bytes": hbm_bytes or hbm_of(kind),
+        "compile_options": compile_options(devices[0]), "build_s": build_s, "ok": False, "error": None,
     }
     abs_search, abs_state = abstract_args(search, devices)
-    if mesh_devices > 1 and mesh_devices % 2:
+    if mesh_devices > 1 and mesh_devices % 2 and not gpu:
         logging.getLogger("lvns_jax").warning(
             "lvns plan: the population is split over %d devices, an odd count: XLA:TPU (libtpu 0.0.42.1) "
             "refuses all-reduces over odd replica groups, after compiling for minutes; set devices= to an "
@@ -448,7 +628,7 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
             lowered = search_lib.step.lower(abs_search, abs_state)
         out["lower_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        compiled = lowered.compile()
+        compiled = lowered.compile(compile_options(devices[0]))
         out["compile_s"] = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - XLA's compile errors: reported, not raised
         if os.environ.get("LVNS_DEBUG"):
@@ -456,11 +636,11 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         out["compile_s" if "lower_s" in out else "lower_s"] = time.perf_counter() - t0  # until it gave up
         g = math.gcd(cfg.container_size, cfg.breed_size)
         even = [d for d in range(2, len(devices) + 1, 2) if g % d == 0]
-        out["error"] = _failure(e, mesh_devices, even)
+        out["error"] = _failure(e, mesh_devices, even, "GPU" if gpu else "TPU")
         return out
     out["ok"] = True
     out["memory"] = _memory(compiled)
-    out["cost"] = _cost(compiled)
+    out["cost"] = program_cost(compiled)
     out["hlo"] = scan_hlo(compiled.as_text())
     out["warnings"] = list(out["hlo"].pop("warnings"))
     # per generation: XLA counts the chunk loop's body once; one chunk is costed alone and multiplied
@@ -485,6 +665,9 @@ def plan(cfg, topology: str, block: int = 0, stop_check: bool = False, search=No
         out["warnings"].append(f"{out['per_generation']['other_while_loops']} while loop(s) besides the decode/embed "
                                "chunk map (kNN blocks, emitter steps, ...) are counted once in the per-generation "
                                "flops/bytes: an underestimate")
+    if gpu and out["hlo"]["sorts"]:
+        out["warnings"].append("compiled with XLA's own sort (xla_gpu_enable_cub_radix_sort = false: CUB needs a GPU "
+                               "at compile time); a run on a GPU uses CUB's radix sort for large sorts")
     mem, hbm = out["memory"], out["hbm_per_device_bytes"]
     if mem and hbm and mem["peak_estimate_bytes"] > 0.9 * hbm:
         out["warnings"].insert(0, f"per-device memory {_bytes(mem['peak_estimate_bytes'])} is over 90% "
@@ -526,7 +709,7 @@ def plan_auto_chunk(cfg, topology: str, block: int = 0, stop_check: bool = False
     search = assemble(cfg, devices=devices)
     mesh_devices = distributed.shards(search.mesh)
     kind = devices[0].device_kind
-    limit = hbm_bytes or (HBM_GIB[kind] * 2**30 if kind in HBM_GIB else None)
+    limit = hbm_bytes or hbm_of(kind)
     if limit is None:
         raise PlanError(f"--chunk-size auto: no HBM size known for {kind!r}; give --hbm-limit")
     tried, res = [], None
@@ -558,12 +741,23 @@ def parse_bytes(text: str) -> int:
 
 
 def _libtpu_version() -> str | None:
+    return _version("libtpu")
+
+
+def _version(dist: str) -> str | None:
     try:
         from importlib.metadata import version
 
-        return version("libtpu")
+        return version(dist)
     except Exception:  # noqa: BLE001
         return None
+
+
+def hbm_of(kind: str) -> int | None:
+    """Nominal HBM bytes of a ``device_kind`` (:data:`HBM_GIB` for TPUs, :data:`PEAKS` for GPUs); None if unknown."""
+    if kind in HBM_GIB:
+        return HBM_GIB[kind] * 2**30
+    return PEAKS[kind]["hbm"] if kind in PEAKS and not kind.startswith("TPU") else None
 
 
 # ----------------------------------------------------------------------------- table
