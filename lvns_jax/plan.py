@@ -347,12 +347,14 @@ def scan_hlo(text: str) -> dict[str, Any]:
            "collective_bytes": collective_bytes(text)}
     warnings = []
     if f64_ops:
-        warnings.append(f"float64 ops: {sum(f64_ops.values())} ({', '.join(sorted(f64_ops))}): slow/unsupported on TPU")
+        warnings.append(f"float64 ops: {sum(f64_ops.values())} ({', '.join(sorted(f64_ops))}): "
+                        f"XLA:TPU has no float64 FFT and emulates float64 arithmetic slowly")
     if host or host_transfers:
         warnings.append(f"host callbacks/transfers: {sum(host.values()) + host_transfers} "
                         f"({', '.join(sorted(host)) or 'send/recv/infeed/outfeed'}): a device-host round trip per call")
     if out["sorts"]:
-        warnings.append(f"sorts: {out['sorts']} (top-k / median): cost grows as n log n on TPU")
+        warnings.append(f"sorts: {out['sorts']} (top-k / median): cost grows as n log n (global permutations, "
+                        f"selection, medians: replicated on every device)")
     out["warnings"] = warnings
     return out
 
