@@ -76,7 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = check(config_lib.load(path, items))  # plug-in names too, before anything is written
         name = os.path.splitext(os.path.basename(path))[0] if path else "default"
         out = args.out or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"lvns: run directory {out}", file=sys.stderr)
+    _say(f"lvns: run directory {out}")
     if _SIGNALS.get("pending") is not None:  # a signal during the imports whose exception got lost
         raise _Stopped(_SIGNALS["pending"])
     with _console_log(logging.INFO):  # info lines (resumed, compile times, done) on stderr, like run.log
@@ -164,7 +164,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results[0] if len(results) == 1 else results, f, indent=2)
-        print(f"lvns plan: wrote {args.json}", file=sys.stderr)
+        _say(f"lvns plan: wrote {args.json}")
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -302,16 +302,26 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    def handler(signum, _frame):
+    def handler(signum, frame):
         signals.take_redelivered(signum)
         if not _SIGNALS["finished"]:
             _SIGNALS["pending"] = signum
+            if signals.inside_import(frame):  # raising inside `import jax` can crash the interpreter
+                signals.defer(signum)
+                return
             raise _Stopped(signum)  # if Python drops it (raised inside a gc callback), it is sent again
 
     _SIGNALS.update(finished=False, pending=None, startup_stop=False)
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.excepthook
+
+    def quiet_stop(kind, value, tb):  # C code that prints an error (PyErr_Print) prints through this
+        if not isinstance(value, signals.Stop):
+            previous_hook(kind, value, tb)
+
+    sys.excepthook = quiet_stop
     try:
         with signals.redeliver_lost():
             rc = _main(argv)
@@ -326,13 +336,18 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(rc)
         return rc
     finally:
+        sys.excepthook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+    except _Stopped as e:  # the signal landed while the options were read
+        words = sys.argv[1:] if argv is None else argv
+        return _stopped_during_startup(words[0] if words else None, e.signum)
     if args.command == "bench":  # `lvns bench` has its own options (lvns_jax.bench)
         args.rest = extra + args.rest
     elif extra:
@@ -341,28 +356,56 @@ def _main(argv: list[str] | None) -> int:
         return args.func(args)
     except LvnsError as e:
         if type(e).__name__ == "Interrupted":
-            print(f"lvns: {e}", file=sys.stderr)
+            _say(f"lvns: {e}")
             _SIGNALS["startup_stop"] = getattr(e, "during_startup", False)
             return 130
         if _debug(args):
             raise
-        print(f"lvns: error: {e}", file=sys.stderr)
+        _say(f"lvns: error: {e}")
         return 2
     except _Stopped as e:
-        import signal
-
-        what = "stopped during start-up" if args.command == "run" else "stopped"
-        print(f"lvns: {what} ({signal.Signals(e.signum).name}); nothing to resume yet" if args.command == "run"
-              else f"lvns: {what} ({signal.Signals(e.signum).name})", file=sys.stderr)
-        return 130
+        return _stopped_during_startup(args.command, e.signum)
     except KeyboardInterrupt:
-        print("lvns: interrupted", file=sys.stderr)
+        _say("lvns: interrupted")
         return 130
-    except (OSError, ValueError) as e:  # e.g. unreadable files: one line, no traceback
-        if _debug(args):
+    except Exception as e:
+        signum = _lost_stop(e)
+        if signum is None and isinstance(e, ImportError):
+            signum = _SIGNALS.get("pending")  # a C extension printed the Stop and raised a new ImportError
+        if signum is not None:  # the signal landed inside a C extension's import (numpy, jaxlib)
+            return _stopped_during_startup(args.command, signum)
+        if not isinstance(e, (OSError, ValueError)) or _debug(args):
             raise
-        print(f"lvns: error: {type(e).__name__}: {e}", file=sys.stderr)
+        _say(f"lvns: error: {type(e).__name__}: {e}")  # e.g. unreadable files: one line
         return 2
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: a signal handler runs between two of print()'s writes (text,
+    then the newline), and the 'stopped' line would then continue the line before."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _lost_stop(e: BaseException) -> int | None:
+    """The signal of a :class:`_Stopped` that an import turned into another error (a handler's exception
+    raised while a module initialises comes back as the cause or context of an ImportError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, signals.Stop):
+            return e.signum
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _stopped_during_startup(command: str | None, signum: int) -> int:
+    import signal
+
+    name = signal.Signals(signum).name
+    _say(f"lvns: stopped during start-up ({name}); nothing to resume yet" if command == "run"
+         else f"lvns: stopped ({name})")
+    return 130
 
 
 if __name__ == "__main__":

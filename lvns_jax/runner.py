@@ -115,12 +115,15 @@ def _stop_on_signals():
         yield flag
         return
 
-    def handler(signum, _frame):
+    def handler(signum, frame):
         again = signals.take_redelivered(signum)  # our re-send of a signal whose exception Python dropped
         if flag["signal"] is not None and not again:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         flag["signal"] = signum
         if flag["startup"]:
+            if signals.inside_import(frame):  # not inside an import (a lazy one in model building)
+                signals.defer(signum)
+                return
             raise _StartupStop(signum)
         if not again:
             log.warning("received %s: finishing the current generation, then checkpointing",

@@ -5,6 +5,12 @@ inside a gc callback (JAX installs one), a weakref callback or a ``__del__``, wh
 is "ignored" (printed as a traceback, then dropped). While :func:`redeliver_lost` is active, a
 :class:`Stop` dropped that way is not printed; its signal is sent again a moment later, until the
 handler's exception lands in ordinary code.
+
+A handler that interrupts an import (a module's top level, or a C extension's initialisation that
+calls back into Python: numpy's core, jaxlib) does not raise there: an exception at that point can
+leave a half-initialised extension behind, and the interpreter then crashes (seen: SIGSEGV and
+SIGABRT when a SIGTERM landed inside ``import jax``). :func:`inside_import` tells the handler so,
+and :func:`defer` sends the signal again a moment later, until the import is over.
 """
 
 from __future__ import annotations
@@ -41,6 +47,24 @@ def _resend(signum: int) -> None:
         _state["redelivered"].discard(signum)
 
 
+def inside_import(frame) -> bool:
+    """True when ``frame`` (a signal handler's) runs inside an import: importlib's frames are on the stack."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def defer(signum: int, delay: float = 0.02) -> None:
+    """Send ``signum`` again in ``delay`` seconds (while :func:`redeliver_lost` is active): for a handler
+    that must not raise where the signal landed. The re-sent delivery reads as ``take_redelivered``."""
+    _state["redelivered"].add(signum)
+    timer = threading.Timer(delay, _resend, (signum,))
+    timer.daemon = True
+    timer.start()
+
+
 @contextlib.contextmanager
 def redeliver_lost():
     previous = sys.unraisablehook
@@ -48,10 +72,7 @@ def redeliver_lost():
     def hook(unraisable):
         exc = unraisable.exc_value
         if isinstance(exc, Stop):
-            _state["redelivered"].add(exc.signum)
-            timer = threading.Timer(0.02, _resend, (exc.signum,))
-            timer.daemon = True
-            timer.start()
+            defer(exc.signum)
             return
         previous(unraisable)
 
