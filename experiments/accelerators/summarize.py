@@ -74,7 +74,11 @@ def size_table(results: list[tuple[str, dict]]) -> list[str]:
     out = ["| size | topology | chip | population split / chips | peak MiB / chip (% HBM) | flops / gen / chip | "
            "roofline ms / gen | <= individuals/s | collectives MiB / chip / gen | compile s | result |",
            "|" + "---|" * 11]
-    for name, r in results:
+    order = list(SIZES)
+    topo = ["v5e-2x4", "v5e-8x8", "v5p-2x4x4", "v6e-2x4", "h100-1", "h100-8"]
+    key = (lambda nr: (order.index(nr[0].partition("-")[0]) if nr[0].partition("-")[0] in SIZES else 99,
+                       topo.index(nr[0].partition("-")[2]) if nr[0].partition("-")[2] in topo else 99, nr[0]))
+    for name, r in sorted(results, key=key):
         size, _, rest = name.partition("-")
         if size not in SIZES or not re.fullmatch(r"v\d+[a-z]*-\d+x\d+(x\d+)?|h[12]00-\d+", rest):
             continue  # other experiments (odd device counts, older programs): the tables above
@@ -95,15 +99,35 @@ def size_table(results: list[tuple[str, dict]]) -> list[str]:
     return out
 
 
-def main(paths: list[str]) -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = paths or sorted(glob.glob(os.path.join(here, "*.json")))
+def _load(paths: list[str]) -> list[tuple[str, dict]]:
     results = []
     for p in paths:
         with open(p) as f:
             res = json.load(f)
         results += [(os.path.splitext(os.path.basename(p))[0], r) for r in (res if isinstance(res, list) else [res])
                     if "topology" in r]  # (not device_check outputs)
+    return results
+
+
+def write_readme(readme: str, table: list[str]) -> None:
+    """Put the size table between README.md's ``<!-- size table -->`` markers."""
+    with open(readme) as f:
+        text = f.read()
+    head, sep, rest = text.partition("<!-- size table -->\n")
+    _, sep2, tail = rest.partition("<!-- /size table -->")
+    if not sep or not sep2:
+        raise SystemExit(f"{readme}: no <!-- size table --> ... <!-- /size table --> markers")
+    with open(readme, "w") as f:
+        f.write(head + sep + "\n".join(table) + "\n" + sep2 + tail)
+
+
+def main(paths: list[str]) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if paths[:1] == ["--write-readme"]:  # the size table into README.md (from every JSON here)
+        results = _load(sorted(glob.glob(os.path.join(here, "*.json"))))
+        write_readme(os.path.join(here, "README.md"), size_table(results))
+        return
+    results = _load(paths or sorted(glob.glob(os.path.join(here, "*.json"))))
     print("| file | topology | compiled | models | N/B/k | mesh/devices | args MiB | temp MiB | code MiB | "
           "peak MiB | flops | compile s | HLO / result |")
     print("|" + "---|" * 13)
