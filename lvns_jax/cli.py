@@ -306,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         signals.take_redelivered(signum)
         if not _SIGNALS["finished"]:
             _SIGNALS["pending"] = signum
-            if signals.inside_import(frame):  # raising inside `import jax` can crash the interpreter
-                signals.defer(signum)
+            if signals.held_during_import(signum, frame):  # raising inside `import jax` can crash it
                 return
             raise _Stopped(signum)  # if Python drops it (raised inside a gc callback), it is sent again
 
@@ -315,13 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous_hook = sys.excepthook
-
-    def quiet_stop(kind, value, tb):  # C code that prints an error (PyErr_Print) prints through this
-        if not isinstance(value, signals.Stop):
-            previous_hook(kind, value, tb)
-
-    sys.excepthook = quiet_stop
     try:
         with signals.redeliver_lost():
             rc = _main(argv)
@@ -336,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(rc)
         return rc
     finally:
-        sys.excepthook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -370,9 +361,7 @@ def _main(argv: list[str] | None) -> int:
         return 130
     except Exception as e:
         signum = _lost_stop(e)
-        if signum is None and isinstance(e, ImportError):
-            signum = _SIGNALS.get("pending")  # a C extension printed the Stop and raised a new ImportError
-        if signum is not None:  # the signal landed inside a C extension's import (numpy, jaxlib)
+        if signum is not None:  # code that turned the handler's exception into its own error
             return _stopped_during_startup(args.command, signum)
         if not isinstance(e, (OSError, ValueError)) or _debug(args):
             raise
@@ -388,8 +377,8 @@ def _say(line: str) -> None:
 
 
 def _lost_stop(e: BaseException) -> int | None:
-    """The signal of a :class:`_Stopped` that an import turned into another error (a handler's exception
-    raised while a module initialises comes back as the cause or context of an ImportError)."""
+    """The signal of a :class:`_Stopped` that some code turned into another error (the handler's
+    exception is then the cause or context of the one that reaches :func:`_main`)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))

@@ -121,8 +121,7 @@ def _stop_on_signals():
             raise KeyboardInterrupt
         flag["signal"] = signum
         if flag["startup"]:
-            if signals.inside_import(frame):  # not inside an import (a lazy one in model building)
-                signals.defer(signum)
+            if signals.held_during_import(signum, frame):  # not inside an import (a lazy one in model building)
                 return
             raise _StartupStop(signum)
         if not again:

@@ -56,6 +56,15 @@ def inside_import(frame) -> bool:
     return False
 
 
+def held_during_import(signum: int, frame) -> bool:
+    """For a handler about to raise: if ``frame`` is inside an import, send ``signum`` again later
+    (:func:`defer`) and return True (the handler returns instead of raising)."""
+    if inside_import(frame):
+        defer(signum)
+        return True
+    return False
+
+
 def defer(signum: int, delay: float = 0.02) -> None:
     """Send ``signum`` again in ``delay`` seconds (while :func:`redeliver_lost` is active): for a handler
     that must not raise where the signal landed. The re-sent delivery reads as ``take_redelivered``."""

@@ -69,16 +69,23 @@ SIZES = {"default": "default 50/30/30", "vctk": "VCTK 500/100/50", "100k": "102,
          "1m": "1,048,576/102,400/30 incremental"}
 
 
+TOPOLOGIES = ["v5e-2x4", "v5e-8x8", "v5p-2x4x4", "v6e-2x4", "h100-1", "h100-8"]  # the table's column order
+
+
+def _table_order(name: str) -> tuple:
+    """Rows by size (as SIZES), then topology (as TOPOLOGIES), then name."""
+    size, _, topo = name.partition("-")
+    sizes = list(SIZES)
+    return (sizes.index(size) if size in sizes else len(sizes),
+            TOPOLOGIES.index(topo) if topo in TOPOLOGIES else len(TOPOLOGIES), name)
+
+
 def size_table(results: list[tuple[str, dict]]) -> list[str]:
     """The issue's table: one row per (size, topology) file named ``<size>-<topology>``."""
     out = ["| size | topology | chip | population split / chips | peak MiB / chip (% HBM) | flops / gen / chip | "
            "roofline ms / gen | <= individuals/s | collectives MiB / chip / gen | compile s | result |",
            "|" + "---|" * 11]
-    order = list(SIZES)
-    topo = ["v5e-2x4", "v5e-8x8", "v5p-2x4x4", "v6e-2x4", "h100-1", "h100-8"]
-    key = (lambda nr: (order.index(nr[0].partition("-")[0]) if nr[0].partition("-")[0] in SIZES else 99,
-                       topo.index(nr[0].partition("-")[2]) if nr[0].partition("-")[2] in topo else 99, nr[0]))
-    for name, r in sorted(results, key=key):
+    for name, r in sorted(results, key=lambda item: _table_order(item[0])):
         size, _, rest = name.partition("-")
         if size not in SIZES or not re.fullmatch(r"v\d+[a-z]*-\d+x\d+(x\d+)?|h[12]00-\d+", rest):
             continue  # other experiments (odd device counts, older programs): the tables above
