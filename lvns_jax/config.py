@@ -93,7 +93,7 @@ class Config:
     frontend_precision: str = "auto"  # VGGish front end: auto (float64 island where the backend has a float64 FFT, float32 on TPU) | float64 | float32
     noise: bool = True  # RAVE noise (latent completion + noise branch); false = deterministic decoder
     chunk_size: int = 32  # individuals per decode/embed batch inside the step (bounds memory)
-    knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (about 2**26 distances per block)
+    knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (~6.5M distances per block, >= 64 rows)
     # --- scale-out (lvns_jax.knn_incremental, lvns_jax.distributed) ---
     knn: str = "brute"  # brute: all pool distances each generation; incremental: children vs pool only (same survivors)
     knn_width: int = 0  # incremental: neighbours kept per member (>= k); 0 = 2k; k = recompute on any loss

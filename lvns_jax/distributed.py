@@ -59,7 +59,6 @@ project's venv; gs:// needs ``pip install -e '.[gcs]'`` on every host)::
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -256,8 +255,7 @@ def pool_lists(mesh: Mesh | None, cont_emb: jax.Array, child_emb: jax.Array, k: 
         pool, pool_sq, ok = novelty.prepare(pool_raw)
         dev = jax.lax.axis_index(AXIS)
         ids = jnp.concatenate([dev * nl + jnp.arange(nl), n + dev * bl + jnp.arange(bl)]).astype(jnp.int32)
-        block = functools.partial(novelty.block_knn, pool=pool, pool_sq=pool_sq, valid=ok, k=k, rule=rule,
-                                  approx=approx)
+        block = novelty.block_fn(pool, pool_sq, ok, k, rule, approx)
         picked, _ = novelty.rows_map(block, pool[ids], ids, c)
         return picked[:nl], picked[nl:], ok[ids][:nl], ok[ids][nl:]
 

@@ -80,7 +80,7 @@ def _lists_of(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
               width: int, chunk: int) -> tuple[jax.Array, jax.Array]:
     """``width`` nearest (excluding self and invalid members) of ``rows`` in ``pool``, +inf padded."""
     kk = min(width, pool.shape[0])
-    block = functools.partial(novelty.block_knn, pool=pool, pool_sq=pool_sq, valid=valid, k=kk, rule="nearest")
+    block = novelty.block_fn(pool, pool_sq, valid, kk, "nearest")
     d2, idx = novelty.rows_map(block, rows, row_ids, chunk)
     return _pad_to(d2, idx, width)
 
@@ -259,7 +259,7 @@ def _recompute(need, d2, idx, bound, rows_emb, row_ids, pool, pool_sq, ok, width
     n_blocks = -(-r_total // r)
     order = jnp.nonzero(need, size=n_blocks * r, fill_value=r_total)[0].astype(jnp.int32)
     kk = min(width, pool.shape[0])
-    block = functools.partial(novelty.block_knn, pool=pool, pool_sq=pool_sq, valid=ok, k=kk, rule="nearest")
+    block = novelty.block_fn(pool, pool_sq, ok, kk, "nearest")
 
     def body(carry):
         i, d2, idx, bound = carry

@@ -40,12 +40,13 @@ def archive_lists(pool_emb: jax.Array, pool_born: jax.Array, pool_slot: jax.Arra
     arch, arch_sq, ok = novelty.prepare(archive.embeddings, archive.valid())
     rows, _, _ = novelty.prepare(pool_emb)
     kk = min(k, arch.shape[0])
+    screen = novelty.screen_matrix(arch, arch_sq, ok, rule)
 
     def block(r, ids):
         i = jnp.maximum(ids, 0)
         same = (pool_born[i][:, None] == archive.born[None, :]) & (pool_slot[i][:, None] == archive.slot[None, :])
         return novelty.block_knn(r, jnp.full(ids.shape, -1, jnp.int32), arch, arch_sq, ok, kk, rule,
-                                 exclude=same)[0]
+                                 exclude=same, screen=screen)[0]
 
     c = chunk or novelty.auto_chunk(arch.shape[0])
     picked = novelty.rows_map(block, rows, jnp.arange(rows.shape[0], dtype=jnp.int32), c)

@@ -1,6 +1,8 @@
 """Sparseness against a NumPy brute-force reference (both rules, several chunk sizes), hand-worked
 values, invalid members."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,9 +88,79 @@ def test_output_shape_dtype_and_errors():
 
 
 def test_auto_chunk_bounds_block_size():
-    assert novelty.auto_chunk(100_000) * 100_000 <= 1 << 26
+    assert novelty.auto_chunk(100_000) == 65  # 6.5M scores: a block stays in L3
+    assert novelty.auto_chunk(10_000) == 650
+    assert novelty.auto_chunk(1_000_000) == 64  # at least 64 rows
     assert novelty.auto_chunk(10) == 10
     assert novelty.auto_chunk(1) == 1
+
+
+@pytest.mark.parametrize("shape,m,group", [((3, 1024), 5, 16), ((2, 4096), 38, 16), ((5, 640), 7, 8),
+                                           ((4, 2048), 31, 32), ((2, 64), 5, 16), ((3, 1000), 5, 16)])
+def test_group_top_k_is_top_k_ties_included(shape, m, group):
+    """Same values and indices as one ``lax.top_k``, with many ties (8 distinct values), -inf and the
+    no-score sentinel; also where it falls back (too few groups, width not a multiple of the group)."""
+    rng = np.random.default_rng(m)
+    x = rng.integers(0, 8, size=shape).astype(np.float32)
+    x[rng.random(shape) < 0.2] = -np.inf
+    x[rng.random(shape) < 0.2] = novelty.NO_SCORE
+    x[0, :] = -np.inf  # a row with nothing to pick: the lowest indices, in order
+    x[-1, : shape[1] // 2] = 3.0  # long runs of equal values
+    want_v, want_i = jax.lax.top_k(jnp.asarray(x), m)
+    got_v, got_i = novelty.group_top_k(jnp.asarray(x), m, group)
+    np.testing.assert_array_equal(got_v, want_v)
+    np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_group_top_k_on_distinct_values_hand_worked():
+    # groups of 4: [0 1 2 3] [4 5 6 7] [8 9 10 11] ...; the 2 best are in groups 2 and 5.
+    x = np.zeros((1, 48), np.float32)
+    x[0, 9], x[0, 22] = 5.0, 7.0
+    v, i = novelty.group_top_k(jnp.asarray(x), 2, 4)
+    np.testing.assert_array_equal(v, [[7.0, 5.0]])
+    np.testing.assert_array_equal(i, [[22, 9]])
+
+
+def _dup_pool(p, d, seed):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(p, d)).astype(np.float32)
+    emb[p // 2: p // 2 + 40] = emb[:40]  # exact duplicates: ties in the exact distances
+    emb[7] = np.nan  # invalid member
+    return emb
+
+
+@pytest.mark.parametrize("rule", ["nearest", "farthest"])
+def test_group_screen_gives_what_one_top_k_gives(rule, monkeypatch):
+    """The two-level screen picks the same neighbours (distances and indices) as ``lax.top_k`` over
+    every column, at a size where the groups are used (1,500 columns, 16 per group)."""
+    emb = _dup_pool(1500, 16, 3)
+    pool, pool_sq, ok = novelty.prepare(emb)
+    ids = jnp.arange(200, dtype=jnp.int32)
+    fn = jax.jit(lambda r, i: novelty.block_fn(pool, pool_sq, ok, 12, rule)(r, i))
+    got = fn(pool[:200], ids)
+    monkeypatch.setattr(novelty, "group_top_k", lambda s, m, group=16: jax.lax.top_k(s, m))
+    fn = jax.jit(lambda r, i: novelty.block_fn(pool, pool_sq, ok, 12, rule)(r, i))
+    want = fn(pool[:200], ids)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("rule", ["nearest", "farthest"])
+def test_sparseness_with_groups_matches_brute_force_and_ignores_block_size(rule):
+    emb = _dup_pool(1200, 8, 4)
+    outs = [np.asarray(novelty.sparseness(emb, 6, rule, chunk)) for chunk in (None, 7, 300)]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])  # bit for bit
+    want = brute_force(np.nan_to_num(emb), 6, rule, valid=~np.isnan(emb).any(-1))
+    np.testing.assert_allclose(outs[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_duplicate_neighbour_ties_go_to_the_lower_index():
+    emb = _dup_pool(1500, 16, 5)
+    pool, pool_sq, ok = novelty.prepare(emb)
+    d2, idx = jax.jit(lambda r, i: novelty.block_fn(pool, pool_sq, ok, 3, "nearest")(r, i))(
+        pool[750:751], jnp.array([750], jnp.int32))  # row 750 is a copy of row 0
+    assert float(d2[0, 0]) == 0.0 and int(idx[0, 0]) == 0
 
 
 @pytest.mark.slow
