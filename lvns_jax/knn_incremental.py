@@ -182,7 +182,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         d2 = jnp.maximum(rows_sq[:, None] + pool_sq[None, :] - 2.0 * cross, 0.0)
         # the child's own nearest (as novelty.block_knn)
         is_self = cols[None, :] == ids[:, None]
-        cand_score, cand = jax.lax.top_k(jnp.where(is_self | ~ok[None, :], -jnp.inf, -d2), m)
+        cand_score, cand = novelty.group_top_k(jnp.where(is_self | ~ok[None, :], -jnp.inf, -d2), m)
         exact = novelty.exact_sq_dist(rows[:, None, :], pool[cand])
         neg, pos = jax.lax.top_k(jnp.where(jnp.isfinite(cand_score), -exact, -jnp.inf), kk)
         own_d2 = -neg
@@ -193,7 +193,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         margin = jnp.where(row_ok[:, None] & ok[None, :n], thr[None, :] + tol - dc, -jnp.inf)
         # materialised once: without the barrier XLA:CPU refuses it into each consumer (several x slower)
         margin = jax.lax.optimization_barrier(margin)
-        mv, mi = jax.lax.top_k(margin, rev)
+        mv, mi = novelty.group_top_k(margin, rev)
         pair_exact = novelty.exact_sq_dist(rows[:, None, :], pool[mi])
         pair_d2 = jnp.where((mv > 0) & (pair_exact < thr[mi]), pair_exact, jnp.inf)
         out = (own_d2, own_idx, mi, pair_d2)
@@ -205,7 +205,7 @@ def _children_pass(pool, pool_sq, ok, n: int, thr: jax.Array, width: int, rev: i
         hsel = jnp.nonzero(over, size=hubs, fill_value=c)[0]
         hrow = jnp.minimum(hsel, c - 1)
         hmask = hsel < c
-        mv2, mi2 = jax.lax.top_k(jnp.where(hmask[:, None], margin[hrow], -jnp.inf), rev2)
+        mv2, mi2 = novelty.group_top_k(jnp.where(hmask[:, None], margin[hrow], -jnp.inf), rev2)
         last2 = jnp.min(mv2, axis=-1)
         fresh = jnp.arange(rev2) >= rev  # the first rev are the ones the child already got (same order)
         ex2 = novelty.exact_sq_dist(rows[hrow][:, None, :], pool[mi2])

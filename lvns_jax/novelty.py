@@ -107,19 +107,24 @@ def group_top_k(scores: jax.Array, m: int, group: int = SCREEN_GROUP) -> tuple[j
     most m groups do (each holds a distinct one of the m best), so the m best groups hold all of them;
     ``top_k`` keeps the lower index among equal values, and groups are contiguous and taken in
     ascending order, so ties resolve as in one ``top_k`` over the row. ``top_k`` costs ~1.5 ns per
-    element on XLA:CPU; the group maxima are an elementwise max at memory speed. Needs the last axis
-    to be a multiple of ``group`` (see :func:`screen_matrix`); falls back to ``top_k`` when the groups
-    would not cut the work.
+    element on XLA:CPU; the group maxima are an elementwise max at memory speed. A last axis that is
+    not a multiple of ``group`` leaves a tail of columns that are always candidates (after the groups:
+    their indices are the highest); it is faster when it is a multiple (see :func:`screen_matrix`).
+    Falls back to one ``top_k`` when the groups would not cut the work.
     """
     p = scores.shape[-1]
     n_groups = p // group
-    if p % group or n_groups <= 2 * m:
+    if n_groups <= 2 * m:
         return jax.lax.top_k(scores, m)
     lead = scores.shape[:-1]
-    best = jnp.max(scores.reshape(*lead, n_groups, group), axis=-1)
+    head = scores if p % group == 0 else scores[..., :n_groups * group]
+    best = jnp.max(head.reshape(*lead, n_groups, group), axis=-1)
     _, gid = jax.lax.top_k(best, m)
     gid = jnp.sort(gid, axis=-1)
     cols = (gid[..., :, None] * group + jnp.arange(group, dtype=gid.dtype)).reshape(*lead, m * group)
+    if p % group:
+        tail = jnp.arange(n_groups * group, p, dtype=cols.dtype)
+        cols = jnp.concatenate([cols, jnp.broadcast_to(tail, (*lead, tail.shape[0]))], axis=-1)
     val, pos = jax.lax.top_k(jnp.take_along_axis(scores, cols, axis=-1), m)
     return val, jnp.take_along_axis(cols, pos, axis=-1)
 

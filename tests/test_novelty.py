@@ -96,10 +96,10 @@ def test_auto_chunk_bounds_block_size():
 
 
 @pytest.mark.parametrize("shape,m,group", [((3, 1024), 5, 16), ((2, 4096), 38, 16), ((5, 640), 7, 8),
-                                           ((4, 2048), 31, 32), ((2, 64), 5, 16), ((3, 1000), 5, 16)])
+                                           ((4, 2048), 31, 32), ((2, 64), 5, 16), ((3, 1000), 5, 16), ((3, 1001), 9, 16), ((2, 3333), 40, 16)])
 def test_group_top_k_is_top_k_ties_included(shape, m, group):
     """Same values and indices as one ``lax.top_k``, with many ties (8 distinct values), -inf and the
-    no-score sentinel; also where it falls back (too few groups, width not a multiple of the group)."""
+    no-score sentinel; widths that are not a multiple of the group (a tail), and where it falls back (too few groups)."""
     rng = np.random.default_rng(m)
     x = rng.integers(0, 8, size=shape).astype(np.float32)
     x[rng.random(shape) < 0.2] = -np.inf
