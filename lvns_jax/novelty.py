@@ -171,11 +171,24 @@ def block_knn(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool_sq: jax
     p = pool.shape[0]
     if screen is None:
         screen = screen_matrix(pool, pool_sq, valid, rule)
-    m = min(p, screen_width(k, p) + (rule == "nearest"))
-    aug = jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
-    scores = jnp.matmul(aug, screen, precision=jax.lax.Precision.HIGHEST)
+    scores = screen_scores(rows, screen)
     if exclude is not None:
         scores = jnp.where(jnp.pad(exclude, ((0, 0), (0, scores.shape[1] - p))), -jnp.inf, scores)
+    return refine(scores, rows, row_ids, pool, k, rule, approx)
+
+
+def screen_scores(rows: jax.Array, screen: jax.Array) -> jax.Array:
+    """(c, P') screen scores of ``rows`` (c, D) against a pool's :func:`screen_matrix`: one matmul."""
+    aug = jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
+    return jnp.matmul(aug, screen, precision=jax.lax.Precision.HIGHEST)
+
+
+def refine(scores: jax.Array, rows: jax.Array, row_ids: jax.Array, pool: jax.Array, k: int, rule: str,
+           approx: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """The second stage of :func:`block_knn`: candidates from the screen ``scores`` (c, P'), their
+    exact distances, the k best (index order among equal distances)."""
+    p = pool.shape[0]
+    m = min(p, screen_width(k, p) + (rule == "nearest"))
     if approx > 0:
         cand_score, cand = jax.lax.approx_max_k(scores, m, recall_target=approx)
     else:

@@ -110,6 +110,15 @@ def test_many_surviving_hubs_fall_back_to_the_pool_bounds(monkeypatch):
     np.testing.assert_array_equal(out["d2"], out["d2_fresh"])
 
 
+def test_pair_tiers_hand_worked():
+    """Widths rev/4, rev, 8 rev for c, ~3c/8, ~c/8 children (at least 8), cut where a width covers the
+    container."""
+    assert knn_incremental.pair_tiers(64, 100_000, 240) == [(64, 60), (24, 240), (8, 1920)]
+    assert knn_incremental.pair_tiers(64, 100, 240) == [(64, 60), (24, 100)]
+    assert knn_incremental.pair_tiers(64, 50, 240) == [(64, 50)]
+    assert knn_incremental.pair_tiers(4, 1000, 2) == [(4, 1), (4, 2), (4, 16)]
+
+
 def test_merge_sorted_hand_worked():
     inf = np.inf
     a_d = jnp.array([[1.0, 3.0, 5.0, inf], [2.0, 2.0, inf, inf]])
