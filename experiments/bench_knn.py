@@ -3,7 +3,7 @@
     python experiments/bench_knn.py                       # table: N = 10k, 100k; brute and incremental
     python experiments/bench_knn.py --sizes 10000,100000,1000000 --methods incremental
     python experiments/bench_knn.py --one brute 10000     # one measurement (what the table runs)
-    KNN_BREED=10000 python experiments/bench_knn.py --sizes 1000000 --methods incremental --data clusters
+    KNN_BREED=10000 KNN_WIDTH=60 python experiments/bench_knn.py --sizes 1000000 --methods incremental --data clusters
 
 Synthetic VGGish-sized embeddings (D = 128, N(0, 1)), k = 30, B = 1000 children per generation
 (fresh N(0, 1) embeddings), rule ``nearest``, survivors = the N most sparse. One generation =
@@ -28,7 +28,7 @@ import time
 K, D = 30, 128
 B = int(os.environ.get("KNN_BREED", 1000))  # children per generation
 CLUSTER = 100  # --data clusters: members per cluster
-WIDTH = int(os.environ.get("KNN_WIDTH", 2 * K))  # incremental list width (knn_width; 2k by default)
+WIDTH = int(os.environ.get("KNN_WIDTH", 0))  # incremental list width (knn_width); 0: the default for N (2k, 4k from 20k)
 
 
 def clustered_lists(cont, width: int):
@@ -41,6 +41,9 @@ def clustered_lists(cont, width: int):
 
     from lvns_jax import knn_incremental, novelty
 
+    if width >= CLUSTER:
+        raise SystemExit(f"--data clusters builds lists inside {CLUSTER}-member clusters: set KNN_WIDTH < {CLUSTER} "
+                         f"(the default for this N is {width})")
     n = cont.shape[0]
     groups = cont.reshape(n // CLUSTER, CLUSTER, D)
 
@@ -91,8 +94,9 @@ def one(method: str, n: int, gens: int, data: str = "gauss") -> dict:
         surv = selection.most_sparse(sp, n)
         return pool[surv], knn_incremental.update(pool_lists, pool, surv, K), jnp.sum(surv >= n)
 
+    width = WIDTH or knn_incremental.default_width(K, n)
     t0 = time.perf_counter()
-    build = (lambda c: clustered_lists(c, WIDTH)) if data == "clusters" else (lambda c: knn_incremental.build(c, WIDTH))
+    build = (lambda c: clustered_lists(c, width)) if data == "clusters" else (lambda c: knn_incremental.build(c, width))
     lists = jax.block_until_ready(jax.jit(build)(cont)) if method == "incremental" else None
     build_s = time.perf_counter() - t0
     times, cpu, new, recomputed = [], [], [], []
@@ -114,7 +118,7 @@ def one(method: str, n: int, gens: int, data: str = "gauss") -> dict:
         flop = 2.0 * p * p * D
     else:  # children vs pool, plus the recomputed rows vs the container / pool
         flop = 2.0 * B * p * D + 2.0 * (sum(recomputed[1:]) / max(len(recomputed) - 1, 1)) * p * D
-    return dict(method=method, data=data, n=n, b=B, d=D, k=K, gflop=flop / 1e9, gflops=flop / 1e9 / sec, width=WIDTH if method == "incremental" else None, gens=gens, seconds_per_gen=sec,
+    return dict(method=method, data=data, n=n, b=B, d=D, k=K, gflop=flop / 1e9, gflops=flop / 1e9 / sec, width=width if method == "incremental" else None, gens=gens, seconds_per_gen=sec,
                 cpu_seconds_per_gen=sum(cpu) / len(cpu), cpu=cpu,
                 times=times, new_survivors=new, recomputed_rows=recomputed,
                 build_seconds=build_s if method == "incremental" else None,

@@ -96,7 +96,7 @@ class Config:
     knn_chunk: int = 0  # pool rows per kNN block; 0 = automatic (~6.5M distances per block, >= 64 rows)
     # --- scale-out (lvns_jax.knn_incremental, lvns_jax.distributed) ---
     knn: str = "brute"  # brute: all pool distances each generation; incremental: children vs pool only (same survivors)
-    knn_width: int = 0  # incremental: neighbours kept per member (>= k); 0 = 2k; k = recompute on any loss
+    knn_width: int = 0  # incremental: neighbours kept per member (>= k); 0 = 2k (4k from 20,000 members); k = recompute on any loss
     knn_approx: float = 0.0  # 0 = exact; in (0, 1): recall target of an approximate kNN screen (lax.approx_max_k, TPU)
     devices: int = 0  # population-axis shards: 0 = all devices (largest count dividing container_size and breed_size)
     multihost: bool = False  # call jax.distributed.initialize() first (TPU pod slice, several GPU hosts)
@@ -239,7 +239,7 @@ def _validate_gradient(cfg: Config, need) -> None:
 
 def _validate_scale_out(cfg: Config, need) -> None:
     """Keys of the incremental kNN and of the population sharding (issue 6)."""
-    need(cfg.knn_width == 0 or cfg.knn_width >= cfg.k, "knn_width", f"must be 0 (= 2k) or >= k = {cfg.k}")
+    need(cfg.knn_width == 0 or cfg.knn_width >= cfg.k, "knn_width", f"must be 0 (automatic: 2k, 4k from 20,000 members) or >= k = {cfg.k}")
     need(0.0 <= cfg.knn_approx < 1.0, "knn_approx", "must be in [0, 1) (0 = exact)")
     need(cfg.devices >= 0, "devices", "must be >= 0 (0 = all devices)")
 

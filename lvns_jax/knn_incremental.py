@@ -3,7 +3,8 @@
 The brute-force path (:func:`lvns_jax.novelty.sparseness`) recomputes all ``(N+B)^2`` pool distances
 every generation: O((N+B)^2 D). This path keeps, for every container member, its L nearest other
 members (exact squared distances, ascending, and their container indices; L = ``knn_width``, by
-default 2k, L = k is the plain algorithm) in the search state (:class:`KnnLists`), and per
+by default 2k below 20,000 members and 4k from there (:func:`default_width`), L = k is the plain
+algorithm) in the search state (:class:`KnnLists`), and per
 generation computes only
 
 1. one pass over the children against the whole pool (B x (N+B) matmul distances, computed once):
@@ -59,9 +60,18 @@ class KnnLists:
     recomputed: jax.Array  # int32 scalar: rows recomputed from scratch at the last update
 
 
-def default_width(k: int) -> int:
-    """List width L when ``knn_width = 0``: 2k (k spare neighbours before a row must be recomputed)."""
-    return 2 * k
+#: Containers from this size on get lists of 4k by default (:func:`default_width`).
+WIDE_FROM = 20_000
+
+
+def default_width(k: int, n: int = 0) -> int:
+    """List width L when ``knn_width = 0``, for a container of ``n``: 2k (k spare neighbours before a
+    row must be recomputed) below :data:`WIDE_FROM` members, 4k from there. The members that die are
+    the densest, hubs that sit in very many lists, so 2k spare entries run out within a few
+    generations; at N = 30k and 100k (B = 1000, D 128, k 30, 10 generations) 4k took 1.37 and 1.93 s
+    per generation against 1.89 and 3.63 s for 2k, at N = 10k 1.46 s against 0.99 s
+    (``experiments/results/bench_knn_2026-12-06.txt``). The width changes the work, never a result."""
+    return 4 * k if n >= WIDE_FROM else 2 * k
 
 
 def _chunk(chunk: int | None, rows: int) -> int:

@@ -125,5 +125,5 @@ def build_incremental(cfg):
                           "(reevaluate_container = false; use knn = brute to re-evaluate)")
     if cfg.knn_approx > 0:
         raise ConfigError("knn: knn_approx > 0 is a screen of the brute-force path; use knn = brute")
-    return Incremental(k=cfg.k, width=cfg.knn_width or knn_incremental.default_width(cfg.k),
+    return Incremental(k=cfg.k, width=cfg.knn_width or knn_incremental.default_width(cfg.k, cfg.container_size),
                        chunk=cfg.knn_chunk or None)

@@ -207,6 +207,17 @@ def test_config_validation():
     assert (c.knn, c.devices, c.knn_approx, c.multihost) == ("incremental", 0, 0.0, False)
 
 
+def test_default_width_follows_container_size():
+    from lvns_jax import scoring
+
+    assert [knn_incremental.default_width(30, n) for n in (50, 19_999, 20_000, 10 ** 6)] == [60, 60, 120, 120]
+    inc = {**BASE, "knn": "incremental"}
+    assert scoring.build_incremental(config.from_dict({**inc, "container_size": 500})).width == 8
+    assert scoring.build_incremental(config.from_dict({**inc, "container_size": 20_000, "breed_size": 100})).width == \
+        16
+    assert scoring.build_incremental(config.from_dict({**inc, "container_size": 20_000, "knn_width": 33})).width == 33
+
+
 def test_approx_screen_runs_and_has_high_recall():
     rng = np.random.default_rng(5)
     e = rng.normal(size=(200, 8)).astype(np.float32)
