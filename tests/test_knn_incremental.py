@@ -131,6 +131,24 @@ def test_merge_sorted_hand_worked():
     np.testing.assert_array_equal(dropped, [5.0, inf])
 
 
+def test_slots_hand_worked_with_and_without_compaction():
+    """Pairs (row, d2, child), +inf = no pair: per row ascending (ties: lower child first), w = 2 slots,
+    the first pair that did not fit; the same whether the pairs are gathered first (cap >= pairs), or
+    all entries sorted (no cap, or more pairs than the cap)."""
+    inf = np.inf
+    rows = jnp.array([2, 0, 1, 0, 2, 0, 3, 2, 0], jnp.int32)
+    d2 = jnp.array([4.0, 3.0, inf, 1.0, 4.0, 2.0, inf, 5.0, inf], jnp.float32)
+    child = jnp.array([17, 11, 12, 13, 15, 16, 19, 18, 14], jnp.int32)
+    want_d2 = [[1.0, 2.0], [inf, inf], [4.0, 4.0], [inf, inf]]
+    want_idx = [[13, 16], [-1, -1], [15, 17], [-1, -1]]
+    want_out = [3.0, inf, 5.0, inf]
+    for cap in (None, 6, 9, 20, 5, 1):  # 6 pairs: 6, 9, 20 gather them, 5 and 1 sort all entries
+        got = jax.jit(lambda r, d, c: knn_incremental._slots((r, d, c), 4, 2, cap))(rows, d2, child)
+        np.testing.assert_array_equal(got[0], want_d2, err_msg=str(cap))
+        np.testing.assert_array_equal(got[1], want_idx, err_msg=str(cap))
+        np.testing.assert_array_equal(got[2], want_out, err_msg=str(cap))
+
+
 def test_sparseness_is_bit_identical_across_chunk_sizes():
     rng = np.random.default_rng(3)
     e = (rng.normal(size=(53, 16)) * 5).astype(np.float32)

@@ -26,7 +26,7 @@ def cp(pool, bound):
     pl, sq, ok = novelty.prepare(pool)
     return ki._children_pass(pl, sq, ok, n, bound, W, rev, chunk)
 ch_d2, ch_idx, pairs, low, hub = tm("children", cp, pool, lists.bound)
-sd, si, so = tm("slots", lambda pr: ki._slots(pr, n, w), pairs)
+sd, si, so = tm("slots", lambda pr: ki._slots(pr, n, w, ki.PAIRS_SORTED * W * B), pairs)
 tm("merge", lambda a, b, c, d: ki.merge_sorted(a, b, c, d, W), lists.d2, lists.idx, sd, si)
 sp, aux = tm("pool_knn", lambda l, pool: ki.pool_knn(l, pool, n, K), lists, pool)
 surv = tm("most_sparse", lambda s: selection.most_sparse(s, n), sp)
