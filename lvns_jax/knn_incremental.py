@@ -3,9 +3,8 @@
 The brute-force path (:func:`lvns_jax.novelty.sparseness`) recomputes all ``(N+B)^2`` pool distances
 every generation: O((N+B)^2 D). This path keeps, for every container member, its L nearest other
 members (exact squared distances, ascending, and their container indices; L = ``knn_width``, by
-by default 2k below 20,000 members and 4k from there (:func:`default_width`), L = k is the plain
-algorithm) in the search state (:class:`KnnLists`), and per
-generation computes only
+default 2k below 20,000 members and 4k from there (:func:`default_width`), L = k is the plain
+algorithm) in the search state (:class:`KnnLists`), and per generation computes only
 
 1. one pass over the children against the whole pool (B x (N+B) matmul distances, computed once):
    each child's own L nearest, and the container rows whose list the child enters (closer than the
@@ -277,18 +276,21 @@ def _slots(pairs, n: int, w: int, cap: int | None = None):
     rows, d2, child = pairs
     total = d2.shape[0]
     is_pair = jnp.isfinite(d2)
-    if cap is None or cap >= total:
+
+    def every_entry(_):
         return _slots_sorted(jnp.where(is_pair, rows, n), d2, child, n, w)
 
-    def compacted(_):
+    if cap is None or cap >= total:
+        return every_entry(None)
+
+    def pairs_only(_):
         at = jnp.nonzero(is_pair, size=cap, fill_value=total)[0]
         got = at < total
         at = jnp.minimum(at, total - 1)
         return _slots_sorted(jnp.where(got, rows[at], n), jnp.where(got, d2[at], jnp.inf),
                              jnp.where(got, child[at], -1), n, w)
 
-    return jax.lax.cond(jnp.sum(is_pair) <= cap, compacted,
-                        lambda _: _slots_sorted(jnp.where(is_pair, rows, n), d2, child, n, w), None)
+    return jax.lax.cond(jnp.sum(is_pair) <= cap, pairs_only, every_entry, None)
 
 
 def _slots_sorted(rows, d2, child, n: int, w: int):
@@ -476,7 +478,7 @@ def update(pool_lists: tuple[jax.Array, jax.Array, jax.Array], pool_emb: jax.Arr
     rows = jnp.arange(n)[:, None]
     d2 = jnp.zeros_like(d2).at[rows, new_col].set(jnp.where(kept, d2, jnp.inf), unique_indices=True)
     idx = jnp.zeros_like(idx).at[rows, new_col].set(jnp.where(kept, idx, -1), unique_indices=True)
-    ok = jnp.all(jnp.isfinite(pool_emb[survivors]), axis=-1)  # novelty.prepare's mask
+    ok = novelty.finite_rows(pool_emb)[survivors]  # prepare's mask, without gathering the embeddings
 
     def inputs():
         cont, cont_sq, cont_ok = novelty.prepare(pool_emb[survivors])

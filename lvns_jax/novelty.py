@@ -229,10 +229,15 @@ def _block_sparseness(rows: jax.Array, row_ids: jax.Array, pool: jax.Array, pool
     return mean_sqrt(picked)
 
 
+def finite_rows(embeddings: jax.Array) -> jax.Array:
+    """The rows with no NaN or inf: the members that take part in the kNN (:func:`prepare`'s mask)."""
+    return jnp.all(jnp.isfinite(jnp.asarray(embeddings, jnp.float32)), axis=-1)
+
+
 def prepare(embeddings: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(pool with invalid rows zeroed, its squared norms, the validity mask): inputs of :func:`block_knn`."""
     emb = jnp.asarray(embeddings, jnp.float32)
-    ok = jnp.all(jnp.isfinite(emb), axis=-1)
+    ok = finite_rows(emb)
     if valid is not None:
         ok = ok & jnp.asarray(valid, bool)
     emb = jnp.where(ok[:, None], emb, 0.0)

@@ -231,8 +231,8 @@ def test_default_width_follows_container_size():
     assert [knn_incremental.default_width(30, n) for n in (50, 19_999, 20_000, 10 ** 6)] == [60, 60, 120, 120]
     inc = {**BASE, "knn": "incremental"}
     assert scoring.build_incremental(config.from_dict({**inc, "container_size": 500})).width == 8
-    assert scoring.build_incremental(config.from_dict({**inc, "container_size": 20_000, "breed_size": 100})).width == \
-        16
+    wide = config.from_dict({**inc, "container_size": 20_000, "breed_size": 100})
+    assert scoring.build_incremental(wide).width == 16
     assert scoring.build_incremental(config.from_dict({**inc, "container_size": 20_000, "knn_width": 33})).width == 33
 
 

@@ -30,7 +30,7 @@ a = ap.parse_args()
 base = dict(rave="untrained:v1", embedder="untrained:vggish", container_size=500, breed_size=100, k=50,
             latent_frames=64, progress=False, seed=0, noise=True, **config.parse_overrides(a.overrides))
 modes = a.modes.split(",")
-runs = {}
+runs, seconds = {}, []
 for i, prec in enumerate(modes):
     t0 = time.perf_counter()
     e = assemble(config.from_dict({**base, a.key: prec}))
@@ -40,14 +40,14 @@ for i, prec in enumerate(modes):
         s, _ = e.step(s)
         gens.append((set(zip(np.asarray(s.born).tolist(), np.asarray(s.slot).tolist())), np.asarray(s.embeddings)))
     runs[i] = gens
-    runs[f"{i}_seconds"] = time.perf_counter() - t0
-    print(f"{a.key} = {prec}: {runs[f'{i}_seconds']:.0f} s", flush=True)
+    seconds.append(time.perf_counter() - t0)
+    print(f"{a.key} = {prec}: {seconds[-1]:.0f} s", flush=True)
 differ, emb = [], []
 for (i64, e64), (i32, e32) in zip(runs[0], runs[1]):
     differ.append(len(i64 - i32))
     emb.append(float(np.max(np.abs(e64 - e32))) if i64 == i32 else None)
 out = {"config": {k: v for k, v in base.items()}, "key": a.key, "modes": modes, "generations": a.generations,
-       "seconds (init + generations, compilation included)": [runs["0_seconds"], runs["1_seconds"]],
+       "seconds (init + generations, compilation included)": seconds,
        "survivors_differing_per_generation (0 = initial container)": differ,
        "container_embedding_max_abs_diff_per_generation": emb,
        "embedding_scale (max abs)": float(np.max(np.abs(runs[0][-1][1])))}
